@@ -1,0 +1,200 @@
+//! A server's data dir: what it must hold, and the checks that run before anything in
+//! it is written.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::types::NodeId;
+
+pub const IDENTITY_FILE: &str = "server.json";
+pub const LOG_FILE: &str = "raft-log.redb";
+pub const STATE_FILE: &str = "state.redb";
+const FORMAT: u32 = 1;
+
+/// Who this server is, kept beside its data so a restart is the same server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub format: u32,
+    pub node_id: NodeId,
+}
+
+/// A data dir that passed its checks but may not exist yet.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub path: PathBuf,
+    pub node_id: NodeId,
+    /// Whether it already held a server's state.
+    pub existing: bool,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::DataDir {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+impl DataDir {
+    /// Reads and checks `path` without writing to it. `wanted_id` is `--node-id`.
+    pub fn inspect(path: &Path, wanted_id: Option<NodeId>) -> Result<DataDir, Error> {
+        let identity_path = path.join(IDENTITY_FILE);
+        if path.exists() && !path.is_dir() {
+            return Err(bad(path, "is a file, not a directory"));
+        }
+        if !identity_path.exists() {
+            if path.exists() {
+                let mut entries = std::fs::read_dir(path)
+                    .map_err(|e| bad(path, format!("cannot be read: {e}")))?
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "lost+found")
+                    .collect::<Vec<_>>();
+                entries.sort();
+                if !entries.is_empty() {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "is not a Trellis server data dir: it holds {} but no {IDENTITY_FILE}; give an empty or new directory",
+                            entries.iter().take(3).map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+            let node_id = wanted_id.unwrap_or_else(|| rand::random::<u64>() >> 1 | 1);
+            return Ok(DataDir {
+                path: path.to_path_buf(),
+                node_id,
+                existing: false,
+            });
+        }
+        let text = std::fs::read_to_string(&identity_path)
+            .map_err(|e| bad(&identity_path, format!("cannot be read: {e}")))?;
+        let identity: Identity = serde_json::from_str(&text).map_err(|e| {
+            bad(
+                &identity_path,
+                format!("is damaged ({e}); restore it from a backup, or empty the data dir and rejoin the cluster"),
+            )
+        })?;
+        if identity.format != FORMAT {
+            return Err(bad(
+                &identity_path,
+                format!(
+                    "has format {} but this build reads format {FORMAT}; run the Trellis version that wrote it",
+                    identity.format
+                ),
+            ));
+        }
+        if let Some(wanted) = wanted_id
+            && wanted != identity.node_id
+        {
+            return Err(bad(
+                path,
+                format!(
+                    "belongs to node id {} but --node-id is {wanted}; drop --node-id or use another data dir",
+                    identity.node_id
+                ),
+            ));
+        }
+        for file in [LOG_FILE, STATE_FILE] {
+            if !path.join(file).is_file() {
+                return Err(bad(
+                    &path.join(file),
+                    "is missing; the data dir is incomplete: restore it, or empty it and rejoin the cluster",
+                ));
+            }
+        }
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            node_id: identity.node_id,
+            existing: true,
+        })
+    }
+
+    /// Creates the directory and its identity file (for a new data dir).
+    pub fn create(&self) -> Result<(), Error> {
+        std::fs::create_dir_all(&self.path).map_err(|e| bad(&self.path, format!("cannot be created: {e}")))?;
+        let identity_path = self.path.join(IDENTITY_FILE);
+        if identity_path.exists() {
+            return Ok(());
+        }
+        let text = serde_json::to_string_pretty(&Identity {
+            format: FORMAT,
+            node_id: self.node_id,
+        })
+        .map_err(|e| bad(&identity_path, e.to_string()))?;
+        let tmp = self.path.join(format!("{IDENTITY_FILE}.tmp"));
+        std::fs::write(&tmp, text).map_err(|e| bad(&tmp, format!("cannot be written: {e}")))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| bad(&tmp, format!("cannot be synced: {e}")))?;
+        std::fs::rename(&tmp, &identity_path).map_err(|e| bad(&identity_path, format!("cannot be written: {e}")))?;
+        Ok(())
+    }
+
+    /// Opens (or creates) one of the redb files, naming it in any error.
+    pub fn open_db(&self, file: &str) -> Result<redb::Database, Error> {
+        let path = self.path.join(file);
+        redb::Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::DataDirInUse {
+                path: self.path.clone(),
+            },
+            other => bad(
+                &path,
+                format!("is not a readable store ({other}); restore it, or empty the data dir and rejoin the cluster"),
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_of_other_files_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+        let err = DataDir::inspect(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("is not a Trellis server data dir"), "{err}");
+        assert!(err.contains("'notes.txt'"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_damaged_identity_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(IDENTITY_FILE), "{not json").unwrap();
+        let err = DataDir::inspect(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("server.json: is damaged"), "{err}");
+    }
+
+    #[test]
+    fn a_new_dir_gets_a_nonzero_id_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d");
+        let d = DataDir::inspect(&path, None).unwrap();
+        assert!(!d.existing);
+        assert_ne!(d.node_id, 0);
+        d.create().unwrap();
+        d.open_db(LOG_FILE).unwrap();
+        d.open_db(STATE_FILE).unwrap();
+        let again = DataDir::inspect(&path, None).unwrap();
+        assert!(again.existing);
+        assert_eq!(again.node_id, d.node_id);
+        let err = DataDir::inspect(&path, Some(d.node_id + 1)).unwrap_err().to_string();
+        assert!(err.contains("--node-id"), "{err}");
+    }
+
+    #[test]
+    fn a_garbage_store_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::inspect(dir.path(), Some(7)).unwrap();
+        d.create().unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), vec![0x42; 4096]).unwrap();
+        let err = d.open_db(STATE_FILE).unwrap_err().to_string();
+        assert!(err.contains("state.redb"), "{err}");
+    }
+}

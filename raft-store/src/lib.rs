@@ -1,0 +1,33 @@
+//! A replicated, durable, revisioned key-value store: an openraft log and state
+//! machine in redb, Raft over tonic gRPC, etcd-like revisions and watches.
+//!
+//! Bytes in, bytes out: the store knows nothing of the mesh that keeps its state here.
+#![forbid(unsafe_code)]
+
+mod channels;
+pub mod client;
+mod codec;
+pub mod data_dir;
+pub mod error;
+mod grpc;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod types;
+pub mod watch;
+
+/// Generated protobuf and gRPC code for the store's wire API.
+#[allow(clippy::all, missing_docs, rust_2018_idioms)]
+pub mod pb {
+    tonic::include_proto!("trellis.store.v1");
+}
+
+pub use client::StoreClient;
+pub use error::Error;
+pub use grpc::{ClusterService, KvService, RaftService, services};
+pub use network::{LinkControl, LinkDecision, OpenLinks};
+pub use node::{ClusterStatus, MemberStatus, NodeConfig, StoreNode};
+pub use state_machine::HistoryRetention;
+pub use types::{Compare, Event, EventKind, KeyValue, NodeId, Op, Txn};
+pub use watch::WatchUpdate;

@@ -1,0 +1,174 @@
+//! Raft RPCs from this server to its peers, over tonic gRPC.
+//!
+//! Every message passes a [`LinkControl`] first. In production it lets everything
+//! through; tests use it to drop, delay or partition links between servers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::BasicNode;
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::channels::Channels;
+use crate::codec::{decode, encode};
+use crate::pb;
+use crate::types::{NodeId, TypeConfig};
+
+/// What happens to one Raft message on its way from one server to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkDecision {
+    Deliver,
+    Drop,
+    Delay(Duration),
+}
+
+/// Decides the fate of every Raft message this server sends.
+pub trait LinkControl: Send + Sync + 'static {
+    fn decide(&self, from: NodeId, to: NodeId) -> LinkDecision;
+}
+
+/// Every message is delivered: the production setting.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OpenLinks;
+
+impl LinkControl for OpenLinks {
+    fn decide(&self, _from: NodeId, _to: NodeId) -> LinkDecision {
+        LinkDecision::Deliver
+    }
+}
+
+#[derive(Clone)]
+pub struct Network {
+    pub(crate) me: NodeId,
+    pub(crate) channels: Channels,
+    pub(crate) links: Arc<dyn LinkControl>,
+    pub(crate) cluster_id: Arc<std::sync::RwLock<String>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerLink {
+            net: self.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+pub struct PeerLink {
+    net: Network,
+    target: NodeId,
+    addr: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("link from {from} to {to} is cut")]
+struct LinkCut {
+    from: NodeId,
+    to: NodeId,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Transport(String);
+
+impl PeerLink {
+    async fn call<Req, Resp, E>(
+        &self,
+        method: RaftMethod,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        match self.net.links.decide(self.net.me, self.target) {
+            LinkDecision::Deliver => {}
+            LinkDecision::Drop => {
+                return Err(RPCError::Unreachable(Unreachable::new(&LinkCut {
+                    from: self.net.me,
+                    to: self.target,
+                })));
+            }
+            LinkDecision::Delay(d) => tokio::time::sleep(d).await,
+        }
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let cluster_id = self.net.cluster_id.read().map(|c| c.clone()).unwrap_or_default();
+        let mut request = tonic::Request::new(pb::RaftMessage { cluster_id, payload });
+        request.set_timeout(option.hard_ttl());
+        let mut client = pb::raft_client::RaftClient::new(self.net.channels.get(&self.addr))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let reply = match method {
+            RaftMethod::Vote => client.vote(request).await,
+            RaftMethod::Append => client.append_entries(request).await,
+            RaftMethod::Snapshot => client.install_snapshot(request).await,
+        };
+        let reply = reply.map_err(|status| {
+            let e = Transport(format!("{} to {}: {}", method.name(), self.addr, status.message()));
+            match status.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                _ => RPCError::Network(NetworkError::new(&e)),
+            }
+        })?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum RaftMethod {
+    Vote,
+    Append,
+    Snapshot,
+}
+
+impl RaftMethod {
+    fn name(self) -> &'static str {
+        match self {
+            RaftMethod::Vote => "vote",
+            RaftMethod::Append => "append-entries",
+            RaftMethod::Snapshot => "install-snapshot",
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftMethod::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(RaftMethod::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftMethod::Vote, &rpc, &option).await
+    }
+}
