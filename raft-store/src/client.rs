@@ -34,14 +34,19 @@ pub struct TxnOutcome {
 }
 
 fn retryable(s: &tonic::Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded)
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
 }
 
 impl StoreClient {
     /// A client of the servers at these gRPC addresses (`host:port`).
     pub fn new(addrs: Vec<String>) -> Result<Self, Error> {
         if addrs.is_empty() {
-            return Err(Error::InvalidRequest("the store client needs at least one server address".into()));
+            return Err(Error::InvalidRequest(
+                "the store client needs at least one server address".into(),
+            ));
         }
         for a in &addrs {
             endpoint(a);
@@ -80,9 +85,12 @@ impl StoreClient {
             match call(self.kv(i)).await {
                 Ok(v) => return Ok(v),
                 Err(s) if retryable(&s) && tokio::time::Instant::now() < deadline => {
-                    let _ = self
-                        .current
-                        .compare_exchange(i, i.wrapping_add(1), Ordering::Relaxed, Ordering::Relaxed);
+                    let _ = self.current.compare_exchange(
+                        i,
+                        i.wrapping_add(1),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(s) => {
@@ -96,7 +104,11 @@ impl StoreClient {
         }
     }
 
-    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64, Error> {
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<u64, Error> {
         let req = pb::PutRequest {
             key: key.into(),
             value: value.into(),
@@ -125,7 +137,10 @@ impl StoreClient {
     }
 
     pub async fn delete(&self, key: impl Into<Vec<u8>>, prefix: bool) -> Result<TxnOutcome, Error> {
-        let req = pb::DeleteRequest { key: key.into(), prefix };
+        let req = pb::DeleteRequest {
+            key: key.into(),
+            prefix,
+        };
         self.with_failover(|mut c| {
             let req = req.clone();
             async move {
@@ -141,7 +156,12 @@ impl StoreClient {
     }
 
     /// Keys under `key` (or the key itself), with the revision of the read.
-    pub async fn range(&self, key: impl Into<Vec<u8>>, prefix: bool, stale: bool) -> Result<(u64, Vec<KeyValue>), Error> {
+    pub async fn range(
+        &self,
+        key: impl Into<Vec<u8>>,
+        prefix: bool,
+        stale: bool,
+    ) -> Result<(u64, Vec<KeyValue>), Error> {
         let req = pb::RangeRequest {
             key: key.into(),
             prefix,
@@ -187,7 +207,9 @@ impl StoreClient {
                     compact_revision: r.compact_revision,
                 })
             } else {
-                Ok(WatchUpdate::Events(r.events.into_iter().map(event_from_pb).collect()))
+                Ok(WatchUpdate::Events(
+                    r.events.into_iter().map(event_from_pb).collect(),
+                ))
             }
         }))
     }
@@ -195,7 +217,11 @@ impl StoreClient {
     /// The cluster's membership as the server (or its leader) reports it.
     pub async fn status(&self) -> Result<ClusterStatus, Error> {
         let i = self.current.load(Ordering::Relaxed);
-        let mut c = pb::cluster_client::ClusterClient::new(self.channels.get(&self.addrs[i % self.addrs.len()]));
-        Ok(from_members_response(c.members(pb::MembersRequest {}).await?.into_inner()))
+        let mut c = pb::cluster_client::ClusterClient::new(
+            self.channels.get(&self.addrs[i % self.addrs.len()]),
+        );
+        Ok(from_members_response(
+            c.members(pb::MembersRequest {}).await?.into_inner(),
+        ))
     }
 }

@@ -58,7 +58,12 @@ impl DataDir {
                         path,
                         format!(
                             "is not a Trellis server data dir: it holds {} but no {IDENTITY_FILE}; give an empty or new directory",
-                            entries.iter().take(3).map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+                            entries
+                                .iter()
+                                .take(3)
+                                .map(|n| format!("'{n}'"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ));
                 }
@@ -115,7 +120,8 @@ impl DataDir {
 
     /// Creates the directory and its identity file (for a new data dir).
     pub fn create(&self) -> Result<(), Error> {
-        std::fs::create_dir_all(&self.path).map_err(|e| bad(&self.path, format!("cannot be created: {e}")))?;
+        std::fs::create_dir_all(&self.path)
+            .map_err(|e| bad(&self.path, format!("cannot be created: {e}")))?;
         let identity_path = self.path.join(IDENTITY_FILE);
         if identity_path.exists() {
             return Ok(());
@@ -130,7 +136,8 @@ impl DataDir {
         std::fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| bad(&tmp, format!("cannot be synced: {e}")))?;
-        std::fs::rename(&tmp, &identity_path).map_err(|e| bad(&identity_path, format!("cannot be written: {e}")))?;
+        std::fs::rename(&tmp, &identity_path)
+            .map_err(|e| bad(&identity_path, format!("cannot be written: {e}")))?;
         Ok(())
     }
 
@@ -184,7 +191,9 @@ mod tests {
         let again = DataDir::inspect(&path, None).unwrap();
         assert!(again.existing);
         assert_eq!(again.node_id, d.node_id);
-        let err = DataDir::inspect(&path, Some(d.node_id + 1)).unwrap_err().to_string();
+        let err = DataDir::inspect(&path, Some(d.node_id + 1))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--node-id"), "{err}");
     }
 

@@ -15,13 +15,19 @@ pub enum Error {
     #[error("data dir {path}: {reason}")]
     DataDir { path: PathBuf, reason: String },
 
-    #[error("data dir {path} is in use by another running server (redb lock held); stop it or pick another --data-dir")]
+    #[error(
+        "data dir {path} is in use by another running server (redb lock held); stop it or pick another --data-dir"
+    )]
     DataDirInUse { path: PathBuf },
 
     #[error(
         "node id {node_id} clashes: {other} already uses it; a server's data dir was probably copied. Start this server with an empty --data-dir (or remove {path}) so it gets a fresh id"
     )]
-    NodeIdClash { node_id: NodeId, other: String, path: PathBuf },
+    NodeIdClash {
+        node_id: NodeId,
+        other: String,
+        path: PathBuf,
+    },
 
     #[error(
         "data dir {path} belongs to cluster {ours}, but {peer} is in cluster {theirs}; point --data-dir at an empty directory to join {theirs}"
@@ -33,7 +39,9 @@ pub enum Error {
         peer: String,
     },
 
-    #[error("--join {addr}: not a Trellis server ({answer}); give the gRPC address (--grpc-addr) of a Trellis server")]
+    #[error(
+        "--join {addr}: not a Trellis server ({answer}); give the gRPC address (--grpc-addr) of a Trellis server"
+    )]
     NotATrellisServer { addr: String, answer: String },
 
     #[error("peer {addr}: {reason}")]
@@ -48,8 +56,13 @@ pub enum Error {
     #[error("raft: {0}")]
     Raft(String),
 
-    #[error("watch from revision {requested} is older than the kept history (compacted up to {compact_revision}); re-list and watch again")]
-    Compacted { requested: u64, compact_revision: u64 },
+    #[error(
+        "watch from revision {requested} is older than the kept history (compacted up to {compact_revision}); re-list and watch again"
+    )]
+    Compacted {
+        requested: u64,
+        compact_revision: u64,
+    },
 
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -74,7 +87,9 @@ impl From<Error> for tonic::Status {
             Error::NoLeader(_) => tonic::Status::unavailable(e.to_string()),
             Error::InvalidRequest(_) => tonic::Status::invalid_argument(e.to_string()),
             Error::Compacted { .. } => tonic::Status::out_of_range(e.to_string()),
-            Error::NodeIdClash { .. } | Error::ForeignCluster { .. } => tonic::Status::failed_precondition(e.to_string()),
+            Error::NodeIdClash { .. } | Error::ForeignCluster { .. } => {
+                tonic::Status::failed_precondition(e.to_string())
+            }
             _ => tonic::Status::internal(e.to_string()),
         }
     }

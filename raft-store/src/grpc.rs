@@ -53,9 +53,15 @@ impl RaftService {
     }
 }
 
-fn reply<T: serde::Serialize>(value: &T, cluster_id: String) -> Result<Response<pb::RaftMessage>, Status> {
+fn reply<T: serde::Serialize>(
+    value: &T,
+    cluster_id: String,
+) -> Result<Response<pb::RaftMessage>, Status> {
     let payload = encode(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(pb::RaftMessage { cluster_id, payload }))
+    Ok(Response::new(pb::RaftMessage {
+        cluster_id,
+        payload,
+    }))
 }
 
 fn bad_payload(e: crate::error::CodecError) -> Status {
@@ -64,7 +70,10 @@ fn bad_payload(e: crate::error::CodecError) -> Status {
 
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
-    async fn vote(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn vote(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let msg = request.into_inner();
         self.check(&msg)?;
         let req: VoteRequest<NodeId> = decode(&msg.payload).map_err(bad_payload)?;
@@ -72,7 +81,10 @@ impl pb::raft_server::Raft for RaftService {
         reply(&raft.vote(req).await, self.node.cluster_id())
     }
 
-    async fn append_entries(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let msg = request.into_inner();
         self.check(&msg)?;
         let req: AppendEntriesRequest<TypeConfig> = decode(&msg.payload).map_err(bad_payload)?;
@@ -80,7 +92,10 @@ impl pb::raft_server::Raft for RaftService {
         reply(&raft.append_entries(req).await, self.node.cluster_id())
     }
 
-    async fn install_snapshot(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
         let msg = request.into_inner();
         self.check(&msg)?;
         let req: InstallSnapshotRequest<TypeConfig> = decode(&msg.payload).map_err(bad_payload)?;
@@ -95,24 +110,35 @@ pub struct ClusterService {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn hello(&self, request: Request<pb::HelloRequest>) -> Result<Response<pb::HelloResponse>, Status> {
+    async fn hello(
+        &self,
+        request: Request<pb::HelloRequest>,
+    ) -> Result<Response<pb::HelloResponse>, Status> {
         Ok(Response::new(self.node.hello(request.into_inner()).await?))
     }
 
-    async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
         let fwd = forwarded(&request);
         let peer = request
             .into_inner()
             .peer
             .ok_or_else(|| Status::invalid_argument("join: peer is required"))?;
         if peer.node_id == 0 || peer.addr.is_empty() {
-            return Err(Status::invalid_argument("join: peer.node_id and peer.addr are required"));
+            return Err(Status::invalid_argument(
+                "join: peer.node_id and peer.addr are required",
+            ));
         }
         let cluster_id = self.node.join(peer, fwd).await?;
         Ok(Response::new(pb::JoinResponse { cluster_id }))
     }
 
-    async fn members(&self, _request: Request<pb::MembersRequest>) -> Result<Response<pb::MembersResponse>, Status> {
+    async fn members(
+        &self,
+        _request: Request<pb::MembersRequest>,
+    ) -> Result<Response<pb::MembersResponse>, Status> {
         let s = self.node.local_status();
         Ok(Response::new(pb::MembersResponse {
             has_leader: s.leader.is_some(),
@@ -231,13 +257,17 @@ fn op_from_pb(op: pb::Op, path: &str) -> Result<Op, Status> {
             check_key(&d.key, path)?;
             Ok(Op::Delete { key: d.key })
         }
-        None => Err(Status::invalid_argument(format!("{path}: an operation is required"))),
+        None => Err(Status::invalid_argument(format!(
+            "{path}: an operation is required"
+        ))),
     }
 }
 
 fn check_key(key: &[u8], path: &str) -> Result<(), Status> {
     if key.is_empty() {
-        return Err(Status::invalid_argument(format!("{path}.key: must not be empty")));
+        return Err(Status::invalid_argument(format!(
+            "{path}.key: must not be empty"
+        )));
     }
     Ok(())
 }
@@ -289,13 +319,19 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
-    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
         let req = request.into_inner();
         if !req.prefix {
             check_key(&req.key, "range")?;
         }
         let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
-        let (revision, kvs, more) = self.node.range(&req.key, req.prefix, limit, req.stale).await?;
+        let (revision, kvs, more) = self
+            .node
+            .range(&req.key, req.prefix, limit, req.stale)
+            .await?;
         let kvs = kvs
             .into_iter()
             .map(|mut kv| {
@@ -305,10 +341,17 @@ impl pb::kv_server::Kv for KvService {
                 kv_to_pb(kv)
             })
             .collect();
-        Ok(Response::new(pb::RangeResponse { revision, kvs, more }))
+        Ok(Response::new(pb::RangeResponse {
+            revision,
+            kvs,
+            more,
+        }))
     }
 
-    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         let fwd = forwarded(&request);
         let req = request.into_inner();
         check_key(&req.key, "put")?;
@@ -318,7 +361,10 @@ impl pb::kv_server::Kv for KvService {
         }))
     }
 
-    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         let fwd = forwarded(&request);
         let req = request.into_inner();
         let txn = if req.prefix {
@@ -334,7 +380,10 @@ impl pb::kv_server::Kv for KvService {
         }))
     }
 
-    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
         let fwd = forwarded(&request);
         let txn = txn_from_pb(request.into_inner())?;
         let result = self.node.write(txn, fwd).await?;
@@ -347,7 +396,10 @@ impl pb::kv_server::Kv for KvService {
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
         let updates = self.node.watch(req.prefix, req.from_revision)?;
         let revision = self.node.revision();

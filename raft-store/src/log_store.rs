@@ -131,7 +131,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let db = self.db.clone();
         blocking(move || {
-            let last_purged_log_id: Option<LogId> = Self::read_meta(&db, LAST_PURGED, StorageIOError::read_logs)?;
+            let last_purged_log_id: Option<LogId> =
+                Self::read_meta(&db, LAST_PURGED, StorageIOError::read_logs)?;
             let err: IoKind = StorageIOError::read_logs;
             let tx = db.begin_read().io(err)?;
             let table = tx.open_table(LOG).io(err)?;
@@ -157,7 +158,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let db = self.db.clone();
         let vote = *vote;
-        blocking(move || Self::write_meta(&db, VOTE, &vote, Durability::Immediate, StorageIOError::write_vote)).await
+        blocking(move || {
+            Self::write_meta(
+                &db,
+                VOTE,
+                &vote,
+                Durability::Immediate,
+                StorageIOError::write_vote,
+            )
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -169,7 +179,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not fsynced on its own: a committed index lost in a crash only means a restart
         // re-applies fewer entries itself and learns the rest from the leader.
         let db = self.db.clone();
-        blocking(move || Self::write_meta(&db, COMMITTED, &committed, Durability::None, StorageIOError::write)).await
+        blocking(move || {
+            Self::write_meta(
+                &db,
+                COMMITTED,
+                &committed,
+                Durability::None,
+                StorageIOError::write,
+            )
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -180,7 +199,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

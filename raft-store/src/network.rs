@@ -6,13 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::channels::Channels;
@@ -103,8 +105,16 @@ impl PeerLink {
             LinkDecision::Delay(d) => tokio::time::sleep(d).await,
         }
         let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let cluster_id = self.net.cluster_id.read().map(|c| c.clone()).unwrap_or_default();
-        let mut request = tonic::Request::new(pb::RaftMessage { cluster_id, payload });
+        let cluster_id = self
+            .net
+            .cluster_id
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let mut request = tonic::Request::new(pb::RaftMessage {
+            cluster_id,
+            payload,
+        });
         request.set_timeout(option.hard_ttl());
         let mut client = pb::raft_client::RaftClient::new(self.net.channels.get(&self.addr))
             .max_decoding_message_size(usize::MAX)
@@ -115,16 +125,21 @@ impl PeerLink {
             RaftMethod::Snapshot => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(|status| {
-            let e = Transport(format!("{} to {}: {}", method.name(), self.addr, status.message()));
+            let e = Transport(format!(
+                "{} to {}: {}",
+                method.name(),
+                self.addr,
+                status.message()
+            ));
             match status.code() {
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                }
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
                 _ => RPCError::Network(NetworkError::new(&e)),
             }
         })?;
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            decode(&reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -159,8 +174,10 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         self.call(RaftMethod::Snapshot, &rpc, &option).await
     }
 

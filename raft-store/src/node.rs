@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::ToSocketAddrs;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -92,7 +92,7 @@ struct Inner {
     cluster_id: Arc<RwLock<String>>,
     known: Mutex<BTreeMap<NodeId, KnownPeer>>,
     hub: Arc<WatchHub>,
-    running: OnceLock<Running>,
+    running: RwLock<Option<Arc<Running>>>,
 }
 
 /// A store server. Cheap to clone; all clones are the same server.
@@ -148,7 +148,7 @@ impl StoreNode {
                 cluster_id: Arc::new(RwLock::new(String::new())),
                 known: Mutex::new(BTreeMap::new()),
                 hub: Arc::new(WatchHub::default()),
-                running: OnceLock::new(),
+                running: RwLock::new(None),
             }),
         })
     }
@@ -162,18 +162,25 @@ impl StoreNode {
     }
 
     pub fn cluster_id(&self) -> String {
-        self.inner.cluster_id.read().map(|c| c.clone()).unwrap_or_default()
+        self.inner
+            .cluster_id
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
-    fn running(&self) -> Result<&Running, Error> {
+    fn running(&self) -> Result<Arc<Running>, Error> {
         self.inner
             .running
-            .get()
-            .ok_or_else(|| Error::NoLeader("this server is still starting".into()))
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Error::NoLeader(format!("server {} is not running", self.inner.addr)))
     }
 
-    pub fn raft(&self) -> Result<&Raft, Error> {
-        Ok(&self.running()?.raft)
+    /// This server's Raft instance, while it runs.
+    pub fn raft(&self) -> Result<Raft, Error> {
+        Ok(self.running()?.raft.clone())
     }
 
     /// Opens the store and starts Raft, after checking `--join` peers: a peer that is
@@ -226,8 +233,14 @@ impl StoreNode {
         let raft = Raft::new(inner.id, Arc::new(raft_config), network, log.clone(), sm)
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        if inner.running.set(Running { raft, view, log }).is_err() {
-            return Err(Error::InvalidRequest("this server was already started".into()));
+        {
+            let mut running = inner.running.write().unwrap_or_else(|p| p.into_inner());
+            if running.is_some() {
+                return Err(Error::InvalidRequest(
+                    "this server was already started".into(),
+                ));
+            }
+            *running = Some(Arc::new(Running { raft, view, log }));
         }
         let node = self.clone();
         tokio::spawn(async move { node.form_or_join().await });
@@ -258,7 +271,13 @@ impl StoreNode {
         let mut foreign: BTreeMap<String, u32> = BTreeMap::new();
         let mut last_log = Instant::now();
         loop {
-            for addr in self.inner.config.join.iter().filter(|a| **a != self.inner.addr) {
+            for addr in self
+                .inner
+                .config
+                .join
+                .iter()
+                .filter(|a| **a != self.inner.addr)
+            {
                 match self.probe(addr).await {
                     Probe::Trellis(hello) => {
                         self.check_peer(addr, &hello)?;
@@ -302,7 +321,11 @@ impl StoreNode {
                 path: self.inner.data_dir.path.clone(),
             });
         }
-        if let Some(member) = hello.members.iter().find(|m| m.node_id == me && m.addr != self.inner.addr) {
+        if let Some(member) = hello
+            .members
+            .iter()
+            .find(|m| m.node_id == me && m.addr != self.inner.addr)
+        {
             return Err(Error::NodeIdClash {
                 node_id: me,
                 other: format!("cluster member {}", member.addr),
@@ -366,7 +389,9 @@ impl StoreNode {
                     Probe::Foreign(format!("it calls itself '{}'", r.product))
                 }
             }
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => Probe::Foreign(s.message().to_string()),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                Probe::Foreign(s.message().to_string())
+            }
             Err(s) if s.code() == tonic::Code::Unimplemented => {
                 Probe::Foreign("it speaks gRPC but has no Trellis cluster service".into())
             }
@@ -428,14 +453,20 @@ impl StoreNode {
                 };
                 let lowest = ready.keys().next().copied();
                 if ready.len() >= expect as usize && lowest == Some(self.inner.id) {
-                    let members: BTreeMap<NodeId, BasicNode> =
-                        ready.iter().map(|(id, addr)| (*id, BasicNode::new(addr))).collect();
+                    let members: BTreeMap<NodeId, BasicNode> = ready
+                        .iter()
+                        .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                        .collect();
                     tracing::info!(servers = ready.len(), "forming a new cluster");
                     if let Err(e) = raft.initialize(members).await {
                         tracing::debug!(error = %e, "initialize");
                     }
                 } else if last_log.elapsed() > Duration::from_secs(5) {
-                    tracing::info!(seen = ready.len(), expect, "waiting for servers to form a cluster");
+                    tracing::info!(
+                        seen = ready.len(),
+                        expect,
+                        "waiting for servers to form a cluster"
+                    );
                     last_log = Instant::now();
                 }
             }
@@ -479,9 +510,17 @@ impl StoreNode {
                 && let Ok(id) = running.view.cluster_id()
             {
                 if !id.is_empty() {
-                    *self.inner.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = id;
+                    *self
+                        .inner
+                        .cluster_id
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner()) = id;
                 } else if leader {
-                    let new_id = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+                    let new_id = format!(
+                        "{:016x}{:016x}",
+                        rand::random::<u64>(),
+                        rand::random::<u64>()
+                    );
                     if let Err(e) = raft.client_write(Command::SetClusterId(new_id)).await {
                         tracing::debug!(error = %e, "naming the cluster");
                     }
@@ -502,7 +541,10 @@ impl StoreNode {
         }
         let metrics = raft.metrics();
         let m = metrics.borrow();
-        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
     }
 
     // ---- answers to peers ----
@@ -586,7 +628,9 @@ impl StoreNode {
             }
             let mut client = pb::cluster_client::ClusterClient::new(self.inner.channels.get(&addr));
             let mut request = tonic::Request::new(pb::JoinRequest { peer: Some(peer) });
-            request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            request
+                .metadata_mut()
+                .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
             return Ok(client.join(request).await?.into_inner().cluster_id);
         }
         {
@@ -609,9 +653,12 @@ impl StoreNode {
         raft.add_learner(peer.node_id, BasicNode::new(&peer.addr), true)
             .await
             .map_err(|e| Error::Raft(format!("adding {} as a learner: {e}", peer.addr)))?;
-        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([peer.node_id])), false)
-            .await
-            .map_err(|e| Error::Raft(format!("promoting {} to voter: {e}", peer.addr)))?;
+        raft.change_membership(
+            ChangeMembers::AddVoterIds(BTreeSet::from([peer.node_id])),
+            false,
+        )
+        .await
+        .map_err(|e| Error::Raft(format!("promoting {} to voter: {e}", peer.addr)))?;
         tracing::info!(node_id = peer.node_id, addr = %peer.addr, "server joined as a voter");
         Ok(self.cluster_id())
     }
@@ -624,7 +671,9 @@ impl StoreNode {
                 return Err(Error::NoLeader("no leader to remove the peer".into()));
             };
             let mut client = pb::cluster_client::ClusterClient::new(self.inner.channels.get(&addr));
-            client.remove_peer(pb::RemovePeerRequest { node_id }).await?;
+            client
+                .remove_peer(pb::RemovePeerRequest { node_id })
+                .await?;
             return Ok(());
         }
         let (voter, present) = {
@@ -637,7 +686,9 @@ impl StoreNode {
             )
         };
         if !present {
-            return Err(Error::InvalidRequest(format!("node {node_id} is not a member of this cluster")));
+            return Err(Error::InvalidRequest(format!(
+                "node {node_id} is not a member of this cluster"
+            )));
         }
         let change = if voter {
             ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
@@ -727,7 +778,9 @@ impl StoreNode {
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     match self.leader_addr(f.leader_id) {
                         Some(addr) => {
-                            let mut client = pb::cluster_client::ClusterClient::new(self.inner.channels.get(&addr));
+                            let mut client = pb::cluster_client::ClusterClient::new(
+                                self.inner.channels.get(&addr),
+                            );
                             let mut request = tonic::Request::new(pb::ReadIndexRequest {});
                             request.set_timeout(Duration::from_secs(5));
                             match client.read_index(request).await {
@@ -739,7 +792,11 @@ impl StoreNode {
                                         .applied_index_at_least(Some(index), "linearizable read")
                                         .await
                                         .map(|_| ())
-                                        .map_err(|e| Error::NoLeader(format!("catching up to the leader: {e}")));
+                                        .map_err(|e| {
+                                            Error::NoLeader(format!(
+                                                "catching up to the leader: {e}"
+                                            ))
+                                        });
                                 }
                                 Err(s) => s.message().to_string(),
                             }
@@ -770,11 +827,15 @@ impl StoreNode {
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     match (forwarded, f.leader_node) {
                         (false, Some(node)) => {
-                            let mut client = pb::kv_client::KvClient::new(self.inner.channels.get(&node.addr))
-                                .max_decoding_message_size(usize::MAX)
-                                .max_encoding_message_size(usize::MAX);
+                            let mut client =
+                                pb::kv_client::KvClient::new(self.inner.channels.get(&node.addr))
+                                    .max_decoding_message_size(usize::MAX)
+                                    .max_encoding_message_size(usize::MAX);
                             let mut request = tonic::Request::new(crate::grpc::txn_to_pb(&txn));
-                            request.metadata_mut().insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+                            request.metadata_mut().insert(
+                                FORWARDED,
+                                tonic::metadata::MetadataValue::from_static("1"),
+                            );
                             match client.txn(request).await {
                                 Ok(r) => {
                                     let r = r.into_inner();
@@ -785,7 +846,9 @@ impl StoreNode {
                                     });
                                 }
                                 // The leader refused for a reason of its own: pass it on.
-                                Err(s) if s.code() != tonic::Code::Unavailable => return Err(s.into()),
+                                Err(s) if s.code() != tonic::Code::Unavailable => {
+                                    return Err(s.into());
+                                }
                                 Err(s) => s.message().to_string(),
                             }
                         }
@@ -802,7 +865,11 @@ impl StoreNode {
         }
     }
 
-    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64, Error> {
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<u64, Error> {
         Ok(self.txn(Txn::put(key, value)).await?.revision)
     }
 
@@ -834,9 +901,18 @@ impl StoreNode {
     }
 
     /// Every event under `prefix` from `from_revision` on (0: from now), in order.
-    pub fn watch(&self, prefix: impl Into<Vec<u8>>, from_revision: u64) -> Result<ReceiverStream<WatchUpdate>, Error> {
+    pub fn watch(
+        &self,
+        prefix: impl Into<Vec<u8>>,
+        from_revision: u64,
+    ) -> Result<ReceiverStream<WatchUpdate>, Error> {
         let view = self.running()?.view.clone();
-        Ok(watch::start(view, self.inner.hub.clone(), prefix.into(), from_revision))
+        Ok(watch::start(
+            view,
+            self.inner.hub.clone(),
+            prefix.into(),
+            from_revision,
+        ))
     }
 
     /// The revision of the newest write applied on this server, as it changes.
@@ -865,16 +941,26 @@ impl StoreNode {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(Error::NoLeader(format!("not part of a cluster with a leader after {within:?}")));
+                return Err(Error::NoLeader(format!(
+                    "not part of a cluster with a leader after {within:?}"
+                )));
             }
             sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Stops Raft; the data stays for the next start.
+    /// Stops Raft and ends every watch; from then on this server answers
+    /// "unavailable" so clients move on. The data stays for the next start.
     pub async fn shutdown(&self) {
-        if let Ok(raft) = self.raft() {
-            let _ = raft.shutdown().await;
+        let running = self
+            .inner
+            .running
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.inner.hub.close();
+        if let Some(running) = running {
+            let _ = running.raft.shutdown().await;
         }
     }
 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
@@ -102,8 +104,14 @@ pub struct Compacted {
 }
 
 impl StateView {
-    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>) -> Result<T, crate::Error> {
-        let tx = self.db.begin_read().map_err(|e| crate::Error::Storage(e.to_string()))?;
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, crate::Error> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| crate::Error::Storage(e.to_string()))?;
         f(&tx).map_err(|e| crate::Error::Storage(e.to_string()))
     }
 
@@ -146,7 +154,12 @@ impl StateView {
     }
 
     /// One key, or every key under a prefix, with the revision they were read at.
-    pub fn range(&self, key: &[u8], prefix: bool, limit: usize) -> Result<(u64, Vec<KeyValue>, bool), crate::Error> {
+    pub fn range(
+        &self,
+        key: &[u8],
+        prefix: bool,
+        limit: usize,
+    ) -> Result<(u64, Vec<KeyValue>, bool), crate::Error> {
         self.read(|tx| {
             let revision = Self::meta_u64(tx, REVISION)?;
             let table = tx.open_table(KV)?;
@@ -162,11 +175,13 @@ impl StateView {
                         more = true;
                         break;
                     }
-                    let record: Record = decode(v.value()).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                    let record: Record =
+                        decode(v.value()).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
                     out.push(record.into_kv(k.value().to_vec()));
                 }
             } else if let Some(v) = table.get(key)? {
-                let record: Record = decode(v.value()).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                let record: Record =
+                    decode(v.value()).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
                 out.push(record.into_kv(key.to_vec()));
             }
             Ok((revision, out, more))
@@ -175,7 +190,12 @@ impl StateView {
 
     /// Events under `prefix` with revision at least `from`, oldest first, at most
     /// `limit` of them (whole revisions are never split).
-    pub fn history(&self, prefix: &[u8], from: u64, limit: usize) -> Result<Result<Vec<Event>, Compacted>, crate::Error> {
+    pub fn history(
+        &self,
+        prefix: &[u8],
+        from: u64,
+        limit: usize,
+    ) -> Result<Result<Vec<Event>, Compacted>, crate::Error> {
         self.read(|tx| {
             let compact_revision = Self::meta_u64(tx, COMPACT_REVISION)?;
             if from <= compact_revision {
@@ -189,7 +209,8 @@ impl StateView {
                 if out.len() >= limit && out.last().is_some_and(|e| e.revision() != rev) {
                     break;
                 }
-                let event: Event = decode(v.value()).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                let event: Event =
+                    decode(v.value()).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
                 if event.kv.key.starts_with(prefix) {
                     out.push(event);
                 }
@@ -207,7 +228,11 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn open(db: Arc<Database>, hub: Arc<WatchHub>, retention: HistoryRetention) -> Result<Self, redb::Error> {
+    pub fn open(
+        db: Arc<Database>,
+        hub: Arc<WatchHub>,
+        retention: HistoryRetention,
+    ) -> Result<Self, redb::Error> {
         let tx = db.begin_write()?;
         tx.open_table(KV)?;
         tx.open_table(HISTORY)?;
@@ -216,16 +241,24 @@ impl StateMachine {
         tx.commit()?;
         let sm = StateMachine { db, hub, retention };
         let view = sm.view();
-        let revision = view.revision().map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        let revision = view
+            .revision()
+            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
         sm.hub.set_revision(revision);
         Ok(sm)
     }
 
     pub fn view(&self) -> StateView {
-        StateView { db: self.db.clone() }
+        StateView {
+            db: self.db.clone(),
+        }
     }
 
-    fn put_meta<T: Serialize>(tx: &WriteTransaction, key: &str, value: &T) -> Result<(), StorageError> {
+    fn put_meta<T: Serialize>(
+        tx: &WriteTransaction,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StorageError> {
         let err: IoKind = StorageIOError::write_state_machine;
         let bytes = encode(value).io(err)?;
         tx.open_table(SM_META)
@@ -235,7 +268,10 @@ impl StateMachine {
         Ok(())
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned + Default>(tx: &WriteTransaction, key: &str) -> Result<T, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned + Default>(
+        tx: &WriteTransaction,
+        key: &str,
+    ) -> Result<T, StorageError> {
         let err: IoKind = StorageIOError::read_state_machine;
         let table = tx.open_table(SM_META).io(err)?;
         let value = table.get(key).io(err)?;
@@ -266,7 +302,11 @@ fn apply_txn(
             break;
         }
     }
-    let ops = if succeeded { &txn.success } else { &txn.failure };
+    let ops = if succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    };
     let mut deleted = 0;
     let before = events.len();
     for op in ops {
@@ -411,7 +451,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             for (seq, event) in events[before..].iter().enumerate() {
                                 let seq = u32::try_from(seq).io(err)?;
                                 history
-                                    .insert((entry.log_id.index, seq), encode(event).io(err)?.as_slice())
+                                    .insert(
+                                        (entry.log_id.index, seq),
+                                        encode(event).io(err)?.as_slice(),
+                                    )
                                     .io(err)?;
                             }
                         }
@@ -437,14 +480,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let db = self.db.clone();
         let meta = meta.clone();
         let data = snapshot.into_inner();
@@ -487,13 +536,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let db = self.db.clone();
         blocking(move || {
-            let tx = db.begin_read().map_err(|e| err_snapshot(e))?;
-            let table = tx.open_table(SNAPSHOT).map_err(|e| err_snapshot(e))?;
-            let meta = match table.get(SNAPSHOT_META).map_err(|e| err_snapshot(e))? {
-                Some(v) => decode::<SnapshotMeta>(v.value()).map_err(|e| err_snapshot(e))?,
+            let tx = db.begin_read().map_err(err_snapshot)?;
+            let table = tx.open_table(SNAPSHOT).map_err(err_snapshot)?;
+            let meta = match table.get(SNAPSHOT_META).map_err(err_snapshot)? {
+                Some(v) => decode::<SnapshotMeta>(v.value()).map_err(err_snapshot)?,
                 None => return Ok(None),
             };
-            let data = match table.get(SNAPSHOT_DATA).map_err(|e| err_snapshot(e))? {
+            let data = match table.get(SNAPSHOT_DATA).map_err(err_snapshot)? {
                 Some(v) => v.value().to_vec(),
                 None => return Ok(None),
             };
@@ -514,7 +563,11 @@ fn err_snapshot<E: std::fmt::Display>(e: E) -> StorageError {
 
 /// Drops history older than the retention window, in steps of an eighth of the window
 /// so the cost is spread over many applies.
-fn compact_history(tx: &WriteTransaction, revision: u64, retention: HistoryRetention) -> Result<(), StorageError> {
+fn compact_history(
+    tx: &WriteTransaction,
+    revision: u64,
+    retention: HistoryRetention,
+) -> Result<(), StorageError> {
     let err: IoKind = StorageIOError::write_state_machine;
     let keep = retention.revisions.max(1);
     let compacted: u64 = StateMachine::get_meta(tx, COMPACT_REVISION)?;

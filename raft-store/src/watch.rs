@@ -20,13 +20,17 @@ const HISTORY_PAGE: usize = 1024;
 enum Applied {
     Events(Vec<Event>),
     /// A snapshot replaced the state: history up to `compact_revision` is gone.
-    Reset { compact_revision: u64 },
+    Reset {
+        compact_revision: u64,
+    },
 }
 
 /// Where the state machine announces what it applied.
 pub struct WatchHub {
     feed: broadcast::Sender<Arc<Applied>>,
     revision: watch::Sender<u64>,
+    /// Set when the server stops: every watch ends so its client resumes elsewhere.
+    closed: watch::Sender<bool>,
 }
 
 impl Default for WatchHub {
@@ -34,6 +38,7 @@ impl Default for WatchHub {
         WatchHub {
             feed: broadcast::channel(4096).0,
             revision: watch::channel(0).0,
+            closed: watch::channel(false).0,
         }
     }
 }
@@ -55,8 +60,14 @@ impl WatchHub {
     }
 
     pub(crate) fn reset(&self, revision: u64, compact_revision: u64) {
-        let _ = self.feed.send(Arc::new(Applied::Reset { compact_revision }));
+        let _ = self
+            .feed
+            .send(Arc::new(Applied::Reset { compact_revision }));
         self.revision.send_replace(revision);
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// The revision of the newest applied write on this server, as it changes.
@@ -74,21 +85,31 @@ pub enum WatchUpdate {
 }
 
 /// Starts a watch on this server's state. `from_revision == 0` means "from now on".
-pub fn start(view: StateView, hub: Arc<WatchHub>, prefix: Vec<u8>, from_revision: u64) -> ReceiverStream<WatchUpdate> {
+pub fn start(
+    view: StateView,
+    hub: Arc<WatchHub>,
+    prefix: Vec<u8>,
+    from_revision: u64,
+) -> ReceiverStream<WatchUpdate> {
     let (tx, rx) = mpsc::channel(64);
     let mut feed = hub.feed.subscribe();
+    let mut closed = hub.closed.subscribe();
     let mut next = if from_revision == 0 {
         *hub.revision.borrow() + 1
     } else {
         from_revision
     };
     tokio::spawn(async move {
+        if *closed.borrow_and_update() {
+            return;
+        }
         'catch_up: loop {
             loop {
                 let page = {
                     let view = view.clone();
                     let prefix = prefix.clone();
-                    tokio::task::spawn_blocking(move || view.history(&prefix, next, HISTORY_PAGE)).await
+                    tokio::task::spawn_blocking(move || view.history(&prefix, next, HISTORY_PAGE))
+                        .await
                 };
                 let events = match page {
                     Ok(Ok(Ok(events))) => events,
@@ -114,6 +135,7 @@ pub fn start(view: StateView, hub: Arc<WatchHub>, prefix: Vec<u8>, from_revision
                 let received = tokio::select! {
                     r = feed.recv() => r,
                     () = tx.closed() => return,
+                    _ = closed.changed() => return,
                 };
                 match received {
                     Ok(applied) => match &*applied {
@@ -127,7 +149,9 @@ pub fn start(view: StateView, hub: Arc<WatchHub>, prefix: Vec<u8>, from_revision
                                 .cloned()
                                 .collect();
                             next = next.max(newest + 1);
-                            if !batch.is_empty() && tx.send(WatchUpdate::Events(batch)).await.is_err() {
+                            if !batch.is_empty()
+                                && tx.send(WatchUpdate::Events(batch)).await.is_err()
+                            {
                                 return;
                             }
                         }

@@ -1,4 +1,5 @@
 //! openraft's own storage test suite, run against the redb log and state machine.
+#![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 
@@ -14,10 +15,15 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Red
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let log_db = Arc::new(redb::Database::create(dir.path().join("log.redb")).expect("log db"));
-        let state_db = Arc::new(redb::Database::create(dir.path().join("state.redb")).expect("state db"));
+        let state_db =
+            Arc::new(redb::Database::create(dir.path().join("state.redb")).expect("state db"));
         let log = LogStore::open(log_db).expect("log store");
-        let sm = StateMachine::open(state_db, Arc::new(WatchHub::default()), HistoryRetention::default())
-            .expect("state machine");
+        let sm = StateMachine::open(
+            state_db,
+            Arc::new(WatchHub::default()),
+            HistoryRetention::default(),
+        )
+        .expect("state machine");
         Ok((dir, log, sm))
     }
 }
