@@ -12,6 +12,8 @@ pub const IDENTITY_FILE: &str = "server.json";
 pub const LOG_FILE: &str = "raft-log.redb";
 pub const STATE_FILE: &str = "state.redb";
 const FORMAT: u32 = 1;
+/// The first bytes of every redb file.
+const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 
 /// Who this server is, kept beside its data so a restart is the same server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,6 +21,9 @@ const FORMAT: u32 = 1;
 pub struct Identity {
     pub format: u32,
     pub node_id: NodeId,
+    /// The cluster this data belongs to, once known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_id: String,
 }
 
 /// A data dir that passed its checks but may not exist yet.
@@ -26,6 +31,7 @@ pub struct Identity {
 pub struct DataDir {
     pub path: PathBuf,
     pub node_id: NodeId,
+    pub cluster_id: String,
     /// Whether it already held a server's state.
     pub existing: bool,
 }
@@ -68,10 +74,12 @@ impl DataDir {
                     ));
                 }
             }
-            let node_id = wanted_id.unwrap_or_else(|| rand::random::<u64>() >> 1 | 1);
+            // Below 2^53, so the id survives JSON readers that hold numbers as doubles.
+            let node_id = wanted_id.unwrap_or_else(|| rand::random::<u64>() >> 11 | 1);
             return Ok(DataDir {
                 path: path.to_path_buf(),
                 node_id,
+                cluster_id: String::new(),
                 existing: false,
             });
         }
@@ -103,17 +111,30 @@ impl DataDir {
                 ),
             ));
         }
+        // Both store files are checked before either is opened: opening one may repair
+        // it after a crash, and a refused start must leave everything as it was.
         for file in [LOG_FILE, STATE_FILE] {
-            if !path.join(file).is_file() {
+            let file_path = path.join(file);
+            if !file_path.is_file() {
                 return Err(bad(
-                    &path.join(file),
+                    &file_path,
                     "is missing; the data dir is incomplete: restore it, or empty it and rejoin the cluster",
+                ));
+            }
+            let mut magic = [0u8; REDB_MAGIC.len()];
+            let read = std::fs::File::open(&file_path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+            if read.is_err() || magic != REDB_MAGIC {
+                return Err(bad(
+                    &file_path,
+                    "is not a readable store (its header is not a redb header); restore it, or empty the data dir and rejoin the cluster",
                 ));
             }
         }
         Ok(DataDir {
             path: path.to_path_buf(),
             node_id: identity.node_id,
+            cluster_id: identity.cluster_id,
             existing: true,
         })
     }
@@ -122,13 +143,24 @@ impl DataDir {
     pub fn create(&self) -> Result<(), Error> {
         std::fs::create_dir_all(&self.path)
             .map_err(|e| bad(&self.path, format!("cannot be created: {e}")))?;
-        let identity_path = self.path.join(IDENTITY_FILE);
-        if identity_path.exists() {
+        if self.path.join(IDENTITY_FILE).exists() {
             return Ok(());
         }
+        self.write_identity(&self.cluster_id)
+    }
+
+    /// Notes the cluster id in the identity file, so a later start can check its
+    /// peers before it opens (and perhaps repairs) its store.
+    pub fn record_cluster(&self, cluster_id: &str) -> Result<(), Error> {
+        self.write_identity(cluster_id)
+    }
+
+    fn write_identity(&self, cluster_id: &str) -> Result<(), Error> {
+        let identity_path = self.path.join(IDENTITY_FILE);
         let text = serde_json::to_string_pretty(&Identity {
             format: FORMAT,
             node_id: self.node_id,
+            cluster_id: cluster_id.to_string(),
         })
         .map_err(|e| bad(&identity_path, e.to_string()))?;
         let tmp = self.path.join(format!("{IDENTITY_FILE}.tmp"));

@@ -188,27 +188,20 @@ impl StoreNode {
     /// start before anything is written.
     pub async fn start(&self) -> Result<(), Error> {
         let inner = &self.inner;
-        let opened = if inner.data_dir.existing {
-            let opened = self.open_store()?;
-            if let Ok(id) = opened.1.cluster_id() {
-                *inner.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = id;
-            }
-            Some(opened)
-        } else {
-            None
-        };
+        *inner.cluster_id.write().unwrap_or_else(|p| p.into_inner()) =
+            inner.data_dir.cluster_id.clone();
         if !inner.config.join.is_empty() {
             self.check_join_peers().await?;
         }
-        let (log, sm) = match opened {
-            Some(o) => (o.0, o.2),
-            None => {
-                inner.data_dir.create()?;
-                let (log, _, sm) = self.open_store()?;
-                (log, sm)
-            }
-        };
-        let view = sm.view();
+        if !inner.data_dir.existing {
+            inner.data_dir.create()?;
+        }
+        let (log, view, sm) = self.open_store()?;
+        if self.cluster_id().is_empty()
+            && let Ok(id) = view.cluster_id()
+        {
+            *inner.cluster_id.write().unwrap_or_else(|p| p.into_inner()) = id;
+        }
         let raft_config = openraft::Config {
             cluster_name: "trellis".into(),
             heartbeat_interval: millis(inner.config.heartbeat),

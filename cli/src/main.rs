@@ -1,0 +1,78 @@
+//! `trellis`: the one binary. Servers, agents, proxies and the operator's CLI.
+#![forbid(unsafe_code)]
+
+mod admin_client;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "trellis",
+    version,
+    about = "A service mesh for VMs, Nomad and Kubernetes fleets"
+)]
+struct Cli {
+    /// The admin API of any Trellis server.
+    #[arg(
+        long,
+        global = true,
+        env = "TRELLIS_ADDR",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    server: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server: one member of the Raft group that holds the mesh's state.
+    Server(cmd::server::ServerArgs),
+    /// Run a whole single-node mesh on this machine.
+    Dev(cmd::dev::DevArgs),
+    /// Cluster operations.
+    Operator {
+        #[command(subcommand)]
+        command: cmd::operator::OperatorCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    // One crypto provider for every TLS user in the process.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("error: a TLS crypto provider was already installed");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => cmd::server::run(args).await,
+            Command::Dev(args) => cmd::dev::run(args).await,
+            Command::Operator { command } => cmd::operator::run(&cli.server, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Support for tests that run the real `trellis` binary: start servers on loopback
+//! ports chosen by the OS, read back where they listen, kill them, restart them, and
+//! talk to their admin API. Every wait has a deadline and fails loudly.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The `trellis` binary built for this test run.
+pub fn trellis_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRELLIS_BIN") {
+        return PathBuf::from(p);
+    }
+    // Test binaries live in target/<profile>/deps; the binary one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("trellis");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p trellis), or set TRELLIS_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Installs the one TLS provider the HTTP client uses.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A `trellis server` process.
+pub struct ServerProcess {
+    pub data_dir: PathBuf,
+    pub node_id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    pub output: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    /// Starts a server and waits until it prints where it listens.
+    pub fn start(
+        data_dir: &Path,
+        grpc: &str,
+        http: &str,
+        extra: &[String],
+    ) -> anyhow::Result<ServerProcess> {
+        let mut args = vec![
+            "server".to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--grpc-addr".into(),
+            grpc.into(),
+            "--http-addr".into(),
+            http.into(),
+        ];
+        args.extend_from_slice(extra);
+        let mut child = Command::new(trellis_bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning trellis server")?;
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    output
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    output.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("listening ") => {
+                    let field = |k: &str| {
+                        line.split_whitespace()
+                            .find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string))
+                            .with_context(|| format!("no {k}= in '{line}'"))
+                    };
+                    return Ok(ServerProcess {
+                        data_dir: data_dir.to_path_buf(),
+                        node_id: field("node_id")?.parse()?,
+                        grpc: field("grpc")?,
+                        http: field("http")?,
+                        args,
+                        child: Some(child),
+                        output,
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    bail!(
+                        "server did not print where it listens within 20s (exit: {status:?}); output:\n{}",
+                        output.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same server again on the same ports and data dir.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let extra: Vec<String> = self.args[7..].to_vec();
+        let again = ServerProcess::start(&self.data_dir, &self.grpc, &self.http, &extra)?;
+        *self = again;
+        Ok(())
+    }
+
+    pub fn log(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `trellis ARGS` to completion with a deadline; returns (exit code, stdout, stderr).
+pub fn run_trellis(
+    args: &[&str],
+    env: &[(&str, &str)],
+    within: Duration,
+) -> anyhow::Result<(i32, String, String)> {
+    let mut cmd = Command::new(trellis_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().context("spawning trellis")?;
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let out = child.wait_with_output()?;
+            return Ok((
+                status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "trellis {args:?} did not finish within {within:?}; stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Three servers on loopback forming a cluster by bootstrap-expect.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub servers: Vec<ServerProcess>,
+}
+
+impl Cluster {
+    pub fn start(extra: &[&str]) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut first_args = vec!["--bootstrap-expect".to_string(), "3".into()];
+        first_args.extend(extra.clone());
+        let first = ServerProcess::start(
+            &dir.path().join("s1"),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            &first_args,
+        )?;
+        let mut servers = vec![first];
+        for i in 2..=3 {
+            let mut args = vec![
+                "--bootstrap-expect".to_string(),
+                "3".into(),
+                "--join".into(),
+                servers[0].grpc.clone(),
+            ];
+            args.extend(extra.clone());
+            servers.push(ServerProcess::start(
+                &dir.path().join(format!("s{i}")),
+                "127.0.0.1:0",
+                "127.0.0.1:0",
+                &args,
+            )?);
+        }
+        Ok(Cluster { dir, servers })
+    }
+}
+
+/// An HTTP client of the admin API with short timeouts.
+pub fn http() -> reqwest::Client {
+    init_tls();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The admin API's view of the cluster.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Status {
+    pub leader: Option<u64>,
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Member {
+    pub id: u64,
+    pub address: String,
+    pub voter: bool,
+    pub leader: bool,
+    pub last_index: Option<u64>,
+}
+
+pub async fn status(client: &reqwest::Client, server: &ServerProcess) -> Option<Status> {
+    let r = client
+        .get(server.url("/v1/operator/raft/configuration"))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// Lists every file under `dir` with its size and modification time, to show that
+/// nothing in it changed.
+pub fn snapshot_dir(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push((p, meta.len(), meta.modified().ok()));
+        }
+    }
+    out.sort();
+    out
+}
