@@ -1,0 +1,405 @@
+//! bench-store: a three-server Trellis cluster and a three-member etcd 3.4 cluster on
+//! loopback, both fsyncing every commit, driven by the same load driver: one client
+//! writing to the leader, then many clients spread over all members. Prints writes/s
+//! and latency percentiles side by side.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tonic::transport::{Channel, Endpoint};
+use trellis_raft_store::pb as store_pb;
+
+mod etcd_pb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+#[derive(Parser)]
+#[command(about = "Trellis's replicated store against etcd, side by side")]
+struct Args {
+    /// The trellis binary (default: the one built beside this benchmark).
+    #[arg(long)]
+    trellis: Option<PathBuf>,
+    /// The etcd binary (Debian: apt-get install etcd-server).
+    #[arg(long, default_value = "etcd")]
+    etcd: PathBuf,
+    /// Puts of the single-client run.
+    #[arg(long, default_value_t = 10_000)]
+    single_puts: usize,
+    /// Clients of the concurrent run.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Puts of the concurrent run, over all clients.
+    #[arg(long, default_value_t = 100_000)]
+    concurrent_puts: usize,
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Where the data dirs go (default: a temporary directory under /var/tmp, on disk).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+/// A started cluster: its members' client addresses, the leader's first.
+struct Started {
+    _procs: Processes,
+    leader: String,
+    members: Vec<String>,
+}
+
+async fn start_trellis(bin: &Path, dir: &Path) -> anyhow::Result<Started> {
+    let mut procs = Processes(Vec::new());
+    let grpc: Vec<String> = (0..3)
+        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+        .collect::<Result<_, _>>()?;
+    for (i, addr) in grpc.iter().enumerate() {
+        let mut args = vec![
+            "server".to_string(),
+            "--data-dir".into(),
+            dir.join(format!("trellis{i}")).display().to_string(),
+            "--grpc-addr".into(),
+            addr.clone(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{}", free_port()?),
+            "--bootstrap-expect".into(),
+            "3".into(),
+        ];
+        if i > 0 {
+            args.extend(["--join".to_string(), grpc[0].clone()]);
+        }
+        procs
+            .0
+            .push(spawn(bin, &args, &dir.join(format!("trellis{i}.log")))?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(ch) = channel(&grpc[0]).await {
+            let mut c = store_pb::cluster_client::ClusterClient::new(ch);
+            if let Ok(r) = c.members(store_pb::MembersRequest {}).await {
+                let r = r.into_inner();
+                if r.has_leader && r.members.iter().filter(|m| m.voter).count() == 3 {
+                    let leader = r
+                        .members
+                        .iter()
+                        .find(|m| m.node_id == r.leader_id)
+                        .map(|m| m.addr.clone())
+                        .context("leader not among members")?;
+                    return Ok(Started {
+                        _procs: procs,
+                        leader,
+                        members: grpc,
+                    });
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the Trellis cluster did not form within 60s; logs in {}",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_etcd(bin: &Path, dir: &Path) -> anyhow::Result<Started> {
+    let mut procs = Processes(Vec::new());
+    let client: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let peer: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
+    let initial = (0..3)
+        .map(|i| format!("e{i}=http://127.0.0.1:{}", peer[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    for i in 0..3 {
+        let args = vec![
+            "--name".to_string(),
+            format!("e{i}"),
+            "--data-dir".into(),
+            dir.join(format!("etcd{i}")).display().to_string(),
+            "--listen-client-urls".into(),
+            format!("http://127.0.0.1:{}", client[i]),
+            "--advertise-client-urls".into(),
+            format!("http://127.0.0.1:{}", client[i]),
+            "--listen-peer-urls".into(),
+            format!("http://127.0.0.1:{}", peer[i]),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://127.0.0.1:{}", peer[i]),
+            "--initial-cluster".into(),
+            initial.clone(),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--quota-backend-bytes".into(),
+            (8u64 << 30).to_string(),
+            "--log-level".into(),
+            "warn".into(),
+        ];
+        procs
+            .0
+            .push(spawn(bin, &args, &dir.join(format!("etcd{i}.log")))?);
+    }
+    let members: Vec<String> = client.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut leader = None;
+        let mut answered = 0;
+        for m in &members {
+            if let Ok(ch) = channel(m).await {
+                let mut c = etcd_pb::maintenance_client::MaintenanceClient::new(ch);
+                if let Ok(r) = c.status(etcd_pb::StatusRequest {}).await {
+                    let r = r.into_inner();
+                    answered += 1;
+                    let me = r.header.map(|h| h.member_id).unwrap_or(0);
+                    if r.leader != 0 && r.leader == me {
+                        leader = Some(m.clone());
+                    }
+                }
+            }
+        }
+        if answered == 3
+            && let Some(leader) = leader
+        {
+            return Ok(Started {
+                _procs: procs,
+                leader,
+                members,
+            });
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the etcd cluster did not form within 60s; logs in {}",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum System {
+    Trellis,
+    Etcd,
+}
+
+enum Writer {
+    Trellis(store_pb::kv_client::KvClient<Channel>),
+    Etcd(etcd_pb::kv_client::KvClient<Channel>),
+}
+
+impl Writer {
+    async fn connect(system: System, addr: &str) -> anyhow::Result<Writer> {
+        let ch = channel(addr).await?;
+        Ok(match system {
+            System::Trellis => Writer::Trellis(store_pb::kv_client::KvClient::new(ch)),
+            System::Etcd => Writer::Etcd(etcd_pb::kv_client::KvClient::new(ch)),
+        })
+    }
+
+    async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Writer::Trellis(c) => {
+                c.put(store_pb::PutRequest { key, value }).await?;
+            }
+            Writer::Etcd(c) => {
+                c.put(etcd_pb::PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Outcome {
+    writes_per_sec: f64,
+    latency: Histogram<u64>,
+}
+
+/// `clients` clients, client i on `targets[i % len]`, writing `total` puts in all.
+async fn drive(
+    system: System,
+    targets: &[String],
+    clients: usize,
+    total: usize,
+    value_size: usize,
+    tag: &str,
+) -> anyhow::Result<Outcome> {
+    let mut writers = Vec::with_capacity(clients);
+    for i in 0..clients {
+        writers.push(Writer::connect(system, &targets[i % targets.len()]).await?);
+    }
+    let per_client = total / clients;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, mut w) in writers.into_iter().enumerate() {
+        let tag = tag.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let value = vec![b'v'; value_size];
+            for i in 0..per_client {
+                let key = format!("bench/{tag}/{c:03}/{i:07}").into_bytes();
+                let t = Instant::now();
+                w.put(key, value.clone()).await?;
+                h.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        latency.add(t.await??)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Outcome {
+        writes_per_sec: (per_client * clients) as f64 / elapsed,
+        latency,
+    })
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let trellis = match &args.trellis {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("benchmark binary dir")?
+            .join("trellis"),
+    };
+    if !trellis.exists() {
+        bail!(
+            "{} not found: cargo build --release -p trellis -p trellis-bench",
+            trellis.display()
+        );
+    }
+    if Command::new(&args.etcd).arg("--version").output().is_err() {
+        bail!(
+            "{} not found: apt-get install etcd-server",
+            args.etcd.display()
+        );
+    }
+    let base = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir_in("/var/tmp")?,
+    };
+    let mut rows = Vec::new();
+    for (system, name) in [(System::Trellis, "trellis"), (System::Etcd, "etcd 3.4")] {
+        let dir = base.path().join(name.replace(' ', "-"));
+        std::fs::create_dir_all(&dir)?;
+        let cluster = match system {
+            System::Trellis => start_trellis(&trellis, &dir).await?,
+            System::Etcd => start_etcd(&args.etcd, &dir).await?,
+        };
+        eprintln!("{name}: cluster up, leader {}", cluster.leader);
+        drive(
+            system,
+            std::slice::from_ref(&cluster.leader),
+            1,
+            200,
+            args.value_size,
+            "warmup",
+        )
+        .await?;
+        let single = drive(
+            system,
+            std::slice::from_ref(&cluster.leader),
+            1,
+            args.single_puts,
+            args.value_size,
+            "single",
+        )
+        .await?;
+        eprintln!("{name}: single client done");
+        let many = drive(
+            system,
+            &cluster.members,
+            args.clients,
+            args.concurrent_puts,
+            args.value_size,
+            "many",
+        )
+        .await?;
+        eprintln!("{name}: {} clients done", args.clients);
+        rows.push((
+            format!("1 client x {} puts", args.single_puts),
+            name,
+            single,
+        ));
+        rows.push((
+            format!("{} clients x {} puts", args.clients, args.concurrent_puts),
+            name,
+            many,
+        ));
+        drop(cluster);
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    println!(
+        "store: 3 servers on loopback, fsync on, {}-byte values, gRPC put, one driver for both",
+        args.value_size
+    );
+    println!(
+        "| {:<26} | {:<8} | {:>9} | {:>7} | {:>7} | {:>8} | {:>7} |",
+        "run", "system", "writes/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    println!(
+        "|{:-<28}|{:-<10}|{:->11}|{:->9}|{:->9}|{:->10}|{:->9}|",
+        "", "", "", "", "", "", ""
+    );
+    for (run, name, o) in &rows {
+        println!(
+            "| {:<26} | {:<8} | {:>9.0} | {:>7} | {:>7} | {:>8} | {:>7} |",
+            run,
+            name,
+            o.writes_per_sec,
+            ms(o.latency.value_at_quantile(0.50)),
+            ms(o.latency.value_at_quantile(0.99)),
+            ms(o.latency.value_at_quantile(0.999)),
+            ms(o.latency.max()),
+        );
+    }
+    Ok(())
+}
