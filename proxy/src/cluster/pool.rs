@@ -1,0 +1,188 @@
+//! Upstream connections: a connector that enforces `maxConnections` and the connect timeout,
+//! and per-cluster HTTP/1.1 and HTTP/2 clients pooling connections per endpoint.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::body::Body;
+use crate::config::PoolLimits;
+
+/// The connection limit was reached: answered with `503` and flag `UO`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream connection limit reached")]
+pub struct PoolOverflow;
+
+#[derive(Debug, thiserror::Error)]
+#[error("connect timeout after {0:?}")]
+pub struct ConnectTimeout(pub Duration);
+
+/// Opens TCP connections to the endpoint named in the URI's authority.
+#[derive(Clone)]
+pub struct Connector {
+    connections: Option<Arc<Semaphore>>,
+    connect_timeout: Duration,
+}
+
+impl Connector {
+    pub fn new(limits: &PoolLimits, connections: Option<Arc<Semaphore>>) -> Self {
+        Self {
+            connections,
+            connect_timeout: limits.connect_timeout.as_std(),
+        }
+    }
+
+    /// Opens one connection, counted against the cluster's limit while it lives.
+    pub async fn connect(&self, authority: &str) -> io::Result<Conn> {
+        let permit = match &self.connections {
+            Some(s) => Some(
+                s.clone()
+                    .try_acquire_owned()
+                    .map_err(|_| io::Error::other(PoolOverflow))?,
+            ),
+            None => None,
+        };
+        let timeout = self.connect_timeout;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(authority))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, ConnectTimeout(timeout)))??;
+        // Requests are small and latency-bound; Nagle only adds delay.
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            _permit: permit,
+        })
+    }
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<Conn>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Conn>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no authority"))?;
+            this.connect(&authority).await.map(TokioIo::new)
+        })
+    }
+}
+
+/// An upstream connection holding its slot of `maxConnections` until closed.
+pub struct Conn {
+    pub stream: TcpStream,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+pub type HttpClient = Client<Connector, Body>;
+
+/// The connections of one cluster. Kept across snapshot swaps while the cluster's limits stay
+/// the same, so a swap does not drop pooled connections.
+pub struct Pool {
+    pub limits: PoolLimits,
+    pub connector: Connector,
+    pub http1: HttpClient,
+    pub http2: HttpClient,
+}
+
+impl Pool {
+    pub fn new(limits: &PoolLimits) -> Self {
+        let connections = limits
+            .max_connections
+            .map(|n| Arc::new(Semaphore::new(usize::try_from(n).unwrap_or(usize::MAX))));
+        let connector = Connector::new(limits, connections);
+        let idle = limits
+            .idle_timeout
+            .map(|d| d.as_std())
+            .unwrap_or(Duration::from_secs(90));
+        // maxRequestsPerConnection: 1 means no reuse at all.
+        let no_reuse = limits.max_requests_per_connection == Some(1);
+        let mut b1 = Client::builder(TokioExecutor::new());
+        b1.pool_idle_timeout(idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        if no_reuse {
+            b1.pool_max_idle_per_host(0);
+        }
+        let http1 = b1.build(connector.clone());
+        let mut b2 = Client::builder(TokioExecutor::new());
+        b2.pool_idle_timeout(idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+            .http2_keep_alive_timeout(Duration::from_secs(10));
+        let http2 = b2.build(connector.clone());
+        Self {
+            limits: limits.clone(),
+            connector,
+            http1,
+            http2,
+        }
+    }
+}

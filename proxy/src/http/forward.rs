@@ -1,0 +1,314 @@
+//! Sending a request to a cluster: endpoint choice, per-try and route timeouts, retries with
+//! backoff and budget, outlier reporting, connection-pool limits.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use rand::Rng;
+
+use super::LocalError;
+use super::replay::Replay;
+use crate::body::{self, Body, Guarded};
+use crate::cluster::endpoint::Outcome;
+use crate::cluster::pool::{ConnectTimeout, PoolOverflow};
+use crate::cluster::{ClusterRuntime, RetryPermit};
+use crate::config::{HttpRoute, Protocol, RetryOn};
+use crate::flags::{Flag, Flags};
+
+/// Why an attempt produced no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Connect,
+    Overflow,
+    RefusedStream,
+    Reset,
+    Timeout,
+}
+
+impl Failure {
+    fn flag(self) -> Flag {
+        match self {
+            Self::Connect => Flag::UpstreamConnectFailure,
+            Self::Overflow => Flag::UpstreamOverflow,
+            Self::RefusedStream | Self::Reset => Flag::UpstreamConnectionTermination,
+            Self::Timeout => Flag::UpstreamRequestTimeout,
+        }
+    }
+
+    fn reply(self) -> LocalError {
+        match self {
+            Self::Connect => LocalError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flag::UpstreamConnectFailure,
+                "upstream connect error",
+            ),
+            Self::Overflow => LocalError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flag::UpstreamOverflow,
+                "upstream connection pool overflow",
+            ),
+            Self::RefusedStream | Self::Reset => LocalError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flag::UpstreamConnectionTermination,
+                "upstream disconnect or reset before headers",
+            ),
+            Self::Timeout => LocalError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                Flag::UpstreamRequestTimeout,
+                "upstream request timeout",
+            ),
+        }
+    }
+}
+
+enum Attempt {
+    Response(Response<Incoming>),
+    Failed(Failure),
+}
+
+fn find_source<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut cur: Option<&'a (dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        // `io::Error::source` skips the error it wraps, so look inside explicitly.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && let Some(t) = inner.downcast_ref::<T>()
+        {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
+    if find_source::<PoolOverflow>(e).is_some() {
+        return Failure::Overflow;
+    }
+    if find_source::<ConnectTimeout>(e).is_some() || e.is_connect() {
+        return Failure::Connect;
+    }
+    if let Some(h2) = find_source::<h2::Error>(e)
+        && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+    {
+        return Failure::RefusedStream;
+    }
+    Failure::Reset
+}
+
+fn grpc_status(resp: &Response<Incoming>) -> Option<u32> {
+    resp.headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn retriable(on: &RetryOn, attempt: &Attempt) -> bool {
+    match attempt {
+        Attempt::Response(resp) => {
+            let s = resp.status().as_u16();
+            (on.five_xx && s >= 500)
+                || (on.gateway_error && matches!(s, 502..=504))
+                || (on.retriable_4xx && s == 409)
+                || on.retriable_status_codes.contains(&s)
+                || grpc_status(resp).is_some_and(|g| on.grpc_codes.contains(&g))
+        }
+        Attempt::Failed(f) => match f {
+            Failure::Overflow => false,
+            Failure::Connect => on.connect_failure || on.five_xx || on.gateway_error,
+            Failure::RefusedStream => on.refused_stream || on.five_xx || on.reset,
+            Failure::Reset => on.reset || on.five_xx || on.gateway_error,
+            Failure::Timeout => on.five_xx || on.gateway_error || on.reset,
+        },
+    }
+}
+
+fn outcome(attempt: &Attempt) -> Option<Outcome> {
+    match attempt {
+        Attempt::Response(r) => Some(match r.status().as_u16() {
+            502..=504 => Outcome::GatewayError,
+            500..=599 => Outcome::ServerError,
+            _ => Outcome::Success,
+        }),
+        Attempt::Failed(Failure::Overflow) => None,
+        Attempt::Failed(_) => Some(Outcome::GatewayError),
+    }
+}
+
+/// Envoy's backoff: full jitter over an exponentially growing window, capped at 10× the base.
+fn backoff(base: Duration, retry: u32) -> Duration {
+    let cap = base.saturating_mul(10);
+    let window = base
+        .saturating_mul(1u32 << retry.min(16).saturating_sub(1))
+        .min(cap);
+    let nanos = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
+}
+
+/// Whether the upstream is spoken to over HTTP/2: declared so, or following the client.
+pub fn upstream_http2(protocol: Protocol, version: Version) -> bool {
+    match protocol {
+        Protocol::Http2 | Protocol::Grpc => true,
+        Protocol::Http => false,
+        _ => version == Version::HTTP_2,
+    }
+}
+
+pub struct ForwardCtx<'a> {
+    pub cluster: &'a Arc<ClusterRuntime>,
+    pub route: &'a HttpRoute,
+    pub hash: Option<u64>,
+    pub max_buffered: usize,
+}
+
+/// Sends a request to the cluster and returns the response, or the error to answer with.
+pub async fn forward(
+    ctx: ForwardCtx<'_>,
+    parts: Parts,
+    body: Body,
+    flags: &mut Flags,
+) -> Result<Response<Body>, LocalError> {
+    let cluster = ctx.cluster;
+    let route = ctx.route;
+    let http2 = upstream_http2(cluster.spec.protocol, parts.version);
+    let permit = cluster.try_start_request(!http2).map_err(|flag| {
+        LocalError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            flag,
+            "upstream request limit reached",
+        )
+    })?;
+    let replay = Replay::new(body, ctx.max_buffered);
+    let policy = &route.retry;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut retries = 0u32;
+    let mut _retry_permit: Option<RetryPermit> = None;
+    let attempts = async {
+        loop {
+            let exclude: &[usize] = if policy.ignore_previous_hosts {
+                &tried
+            } else {
+                &[]
+            };
+            let idx = cluster.choose(ctx.hash, exclude).map_err(|flag| {
+                LocalError::new(StatusCode::SERVICE_UNAVAILABLE, flag, "no healthy upstream")
+            })?;
+            tried.push(idx);
+            let endpoint = cluster.endpoints[idx].clone();
+            let active = endpoint.start_request();
+            let req = upstream_request(&parts, replay.attempt(), &endpoint.authority, http2);
+            let client = if http2 {
+                &cluster.pool.http2
+            } else {
+                &cluster.pool.http1
+            };
+            let sent = client.request(req);
+            let result = match policy.per_try_timeout {
+                Some(t) => match tokio::time::timeout(t.as_std(), sent).await {
+                    Ok(r) => r.map_err(|e| classify(&e)),
+                    Err(_) => Err(Failure::Timeout),
+                },
+                None => sent.await.map_err(|e| classify(&e)),
+            };
+            let attempt = match result {
+                Ok(resp) => Attempt::Response(resp),
+                Err(f) => Attempt::Failed(f),
+            };
+            if let Some(o) = outcome(&attempt) {
+                cluster.report(idx, o);
+            }
+            let wants_retry = retriable(&policy.on, &attempt);
+            let may_retry = wants_retry && retries < policy.attempts && replay.can_replay();
+            let retry_permit = if may_retry {
+                cluster.try_start_retry()
+            } else {
+                None
+            };
+            let Some(retry_permit) = retry_permit else {
+                if wants_retry && retries > 0 {
+                    flags.push(Flag::UpstreamRetryLimitExceeded);
+                }
+                return match attempt {
+                    Attempt::Response(resp) => Ok((resp, active)),
+                    Attempt::Failed(f) => {
+                        flags.push(f.flag());
+                        Err(f.reply())
+                    }
+                };
+            };
+            _retry_permit = Some(retry_permit);
+            retries += 1;
+            drop(attempt);
+            drop(active);
+            tracing::debug!(cluster = %cluster.spec.name, retries, "retrying");
+            tokio::time::sleep(backoff(policy.backoff_base.as_std(), retries)).await;
+        }
+    };
+    let (resp, active) = match route.timeout {
+        Some(t) => match tokio::time::timeout(t.as_std(), attempts).await {
+            Ok(r) => r?,
+            Err(_) => {
+                flags.push(Flag::UpstreamRequestTimeout);
+                return Err(Failure::Timeout.reply());
+            }
+        },
+        None => attempts.await?,
+    };
+    let (parts, incoming) = resp.into_parts();
+    // The request stays active (for balancing and limits) until its response has streamed.
+    let body = body::boxed(Guarded::new(incoming, (active, permit)));
+    Ok(Response::from_parts(parts, body))
+}
+
+fn upstream_request(
+    parts: &Parts,
+    body: super::replay::ReplayBody,
+    authority: &str,
+    http2: bool,
+) -> Request<Body> {
+    let mut req = Request::new(body::boxed(body));
+    *req.method_mut() = parts.method.clone();
+    *req.headers_mut() = parts.headers.clone();
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    *req.uri_mut() = format!("http://{authority}{pq}")
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    *req.version_mut() = if http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if !req.headers().contains_key(http::header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+    {
+        // An HTTP/2 client names the host in :authority; the upstream still needs it.
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_its_window() {
+        let base = Duration::from_millis(25);
+        for retry in 1..20 {
+            assert!(backoff(base, retry) <= base * 10);
+        }
+        assert!(backoff(base, 1) <= base);
+    }
+}

@@ -1,0 +1,495 @@
+//! The HTTP path: a hyper server per downstream connection (HTTP/1.1 and HTTP/2 prior
+//! knowledge), and for each request: route, CORS, rate limit, fault, rewrite, forward.
+
+pub mod filters;
+pub mod forward;
+pub mod replay;
+pub mod route;
+pub mod upgrade;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::{HeaderValue, SET_COOKIE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::body::{self, Body};
+use crate::cluster::lb::hash_of;
+use crate::config::{AbortKind, HashKey, HttpRoute, LbPolicy, ListenerKind, RouteAction};
+use crate::flags::{self, Flag, Flags};
+use crate::metrics::RequestLabels;
+use crate::runtime::Runtime;
+use crate::shared::{ConnInfo, Shared};
+
+/// An answer the proxy gives itself instead of an upstream's.
+#[derive(Debug)]
+pub struct LocalError {
+    pub status: StatusCode,
+    pub flag: Flag,
+    pub message: String,
+    pub grpc_status: Option<u32>,
+    pub headers: HeaderMap,
+}
+
+impl LocalError {
+    pub fn new(status: StatusCode, flag: Flag, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            flag,
+            message: message.into(),
+            grpc_status: None,
+            headers: HeaderMap::new(),
+        }
+    }
+}
+
+/// Serves HTTP on one downstream connection until it closes, the drain asks it to finish,
+/// or the drain deadline cuts it.
+pub async fn serve<I>(io: I, conn: ConnInfo, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = shared.runtime().snapshot.limits.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.as_std())
+        .max_buf_size((limits.max_header_bytes as usize).max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    let service = TowerToHyperService::new(ProxyService {
+        shared: shared.clone(),
+        conn: Arc::new(conn),
+    });
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(served);
+    tokio::select! {
+        r = served.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "downstream connection ended with an error");
+            }
+        }
+        _ = shared.drain.draining() => {
+            // Finish in-flight requests, close idle keep-alive and HTTP/2 connections (GOAWAY).
+            served.as_mut().graceful_shutdown();
+            let _ = served.await;
+        }
+    }
+}
+
+/// The proxy as a tower service over one downstream connection.
+#[derive(Clone)]
+pub struct ProxyService {
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+}
+
+impl tower::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let shared = self.shared.clone();
+        let conn = self.conn.clone();
+        Box::pin(async move { Ok(handle(shared, conn, req).await) })
+    }
+}
+
+/// What one request came to, for metrics and logs.
+#[derive(Default)]
+struct RequestLog {
+    flags: Flags,
+    destination_service: String,
+    cluster: String,
+    route: String,
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let rt = shared.runtime();
+    let grpc = flags::is_grpc(req.headers());
+    let http2 = req.version() == http::Version::HTTP_2;
+    let mut log = RequestLog::default();
+    let mut resp = match proxy(&rt, &shared, &conn, req, &mut log).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            log.flags.push(e.flag);
+            tracing::warn!(
+                listener = %conn.listener,
+                route = %log.route,
+                cluster = %log.cluster,
+                status = e.status.as_u16(),
+                flags = %log.flags,
+                "{}",
+                e.message
+            );
+            let mut resp =
+                flags::local_reply(e.status, &log.flags, &e.message, grpc, e.grpc_status);
+            resp.headers_mut().extend(e.headers);
+            resp
+        }
+    };
+    log.flags.set_header(resp.headers_mut());
+    let reporter = match rt.snapshot.listener(&conn.listener).map(|l| &l.kind) {
+        Some(ListenerKind::Inbound { .. }) => "destination",
+        _ => "source",
+    };
+    let labels = RequestLabels {
+        reporter,
+        source_workload: rt.snapshot.node.name.clone(),
+        source_workload_namespace: rt.snapshot.node.namespace.clone(),
+        destination_service: log.destination_service,
+        destination_cluster: log.cluster,
+        request_protocol: if grpc {
+            "grpc"
+        } else if http2 {
+            "http2"
+        } else {
+            "http"
+        },
+        response_code: resp.status().as_u16(),
+        response_flags: log.flags.to_string(),
+        grpc_response_status: resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+    };
+    shared
+        .metrics
+        .request_duration
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64() * 1000.0);
+    shared.metrics.requests.get_or_create(&labels).inc();
+    resp
+}
+
+fn percent_hit(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && rand::rng().random::<f64>() * 100.0 < percent)
+}
+
+async fn proxy(
+    rt: &Arc<Runtime>,
+    shared: &Arc<Shared>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    log: &mut RequestLog,
+) -> Result<Response<Body>, LocalError> {
+    let (mut parts, incoming) = req.into_parts();
+    let no_route = || LocalError::new(StatusCode::NOT_FOUND, Flag::NoRoute, "no route matched");
+    let (table_key, table) = route::table(rt, conn, &parts).ok_or_else(no_route)?;
+    log.destination_service = table.host.clone();
+    let port = conn.original_dst.map_or(table.port, |d| d.port());
+    let view = route::view(&parts, port);
+    let (route_idx, route, matched) = route::select(table, &view).ok_or_else(no_route)?;
+    log.route = route.name.clone();
+
+    if let Some(cors) = &route.cors
+        && let Some(resp) = filters::cors_preflight(cors, &parts)
+    {
+        return Ok(resp);
+    }
+
+    let mut limit_headers = HeaderMap::new();
+    for limit in table.rate_limits.iter().chain(route.rate_limits.iter()) {
+        if !limit.matches.is_empty() && !limit.matches.iter().any(|m| m.matches(&view)) {
+            continue;
+        }
+        let Some(bucket) = rt.bucket(&limit.name) else {
+            continue;
+        };
+        let decision = bucket.take();
+        decision.set_headers(&mut limit_headers);
+        if !decision.allowed {
+            let mut e = LocalError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Flag::RateLimited,
+                "local rate limit exceeded",
+            );
+            e.headers = limit_headers;
+            return Err(e);
+        }
+    }
+
+    if let Some(fault) = &route.fault {
+        if let Some(d) = &fault.delay
+            && percent_hit(d.percent)
+        {
+            log.flags.push(Flag::DelayInjected);
+            tokio::time::sleep(d.delay.as_std()).await;
+        }
+        if let Some(a) = &fault.abort
+            && percent_hit(a.percent)
+        {
+            let mut e = match a.kind {
+                AbortKind::HttpStatus(s) => LocalError::new(
+                    StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                    Flag::FaultInjected,
+                    "fault filter abort",
+                ),
+                AbortKind::GrpcStatus(code) => {
+                    let mut e =
+                        LocalError::new(StatusCode::OK, Flag::FaultInjected, "fault filter abort");
+                    e.grpc_status = Some(code);
+                    e
+                }
+            };
+            if matches!(a.kind, AbortKind::GrpcStatus(_)) && !flags::is_grpc(&parts.headers) {
+                // A gRPC status for a plain HTTP client still needs an HTTP error.
+                e.status = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            return Err(e);
+        }
+    }
+
+    let (destinations, rewrite) = match &route.action {
+        RouteAction::DirectResponse { status, body } => {
+            let mut resp = filters::direct_response(*status, body.as_deref());
+            route.response_headers.apply(resp.headers_mut());
+            return Ok(resp);
+        }
+        RouteAction::Redirect(r) => {
+            let authority = route::authority(&parts).to_owned();
+            return Ok(filters::redirect(r, &parts, &authority));
+        }
+        RouteAction::Forward {
+            destinations,
+            rewrite,
+        } => (destinations, rewrite),
+    };
+    let dest = destinations
+        .get(rt.next_destination(&table_key, route_idx))
+        .or(destinations.first())
+        .ok_or_else(no_route)?;
+    log.cluster = dest.cluster.clone();
+    let cluster = rt.clusters.get(&dest.cluster).ok_or_else(|| {
+        LocalError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Flag::NoHealthyUpstream,
+            "cluster not found",
+        )
+    })?;
+
+    let origin = parts.headers.get(http::header::ORIGIN).cloned();
+    if let Some(rw) = rewrite {
+        let matched_uri = matched.and_then(|m| route.matches[m].uri.as_ref());
+        if let Some(pq) =
+            filters::rewrite_path(rw, matched_uri, parts.uri.path(), parts.uri.query())
+            && !filters::set_path(&mut parts, &pq)
+        {
+            return Err(LocalError::new(
+                StatusCode::BAD_REQUEST,
+                Flag::NoRoute,
+                "rewritten path is not a valid URI",
+            ));
+        }
+        if let Some(a) = &rw.authority
+            && let Ok(v) = HeaderValue::from_str(a)
+        {
+            parts.headers.insert(http::header::HOST, v);
+        }
+    }
+    let upgrade = filters::is_upgrade(&parts);
+    filters::strip_hop_by_hop(&mut parts.headers, upgrade);
+    if !parts.headers.contains_key("x-request-id") {
+        let id: u128 = rand::rng().random();
+        if let Ok(v) = HeaderValue::from_str(&format!("{id:032x}")) {
+            parts.headers.insert("x-request-id", v);
+        }
+    }
+    route.request_headers.apply(&mut parts.headers);
+    dest.request_headers.apply(&mut parts.headers);
+
+    let (hash, set_cookie) = hash_key(&cluster.spec.lb, &parts, conn);
+
+    let mut resp = if upgrade {
+        let req = Request::from_parts(parts.clone(), incoming);
+        upgrade::forward(cluster, hash, parts, req, &shared.drain).await?
+    } else {
+        let max_buffered = rt.snapshot.limits.max_buffered_body_bytes as usize;
+        let body = mirror(rt, route, &parts, incoming, max_buffered).await;
+        forward::forward(
+            forward::ForwardCtx {
+                cluster,
+                route,
+                hash,
+                max_buffered,
+            },
+            parts,
+            body,
+            &mut log.flags,
+        )
+        .await?
+    };
+    filters::strip_hop_by_hop(resp.headers_mut(), upgrade);
+    dest.response_headers.apply(resp.headers_mut());
+    route.response_headers.apply(resp.headers_mut());
+    if let Some(cors) = &route.cors {
+        filters::cors_response(cors, origin.as_ref(), resp.headers_mut());
+    }
+    resp.headers_mut().extend(limit_headers);
+    if let Some(c) = set_cookie {
+        resp.headers_mut().append(SET_COOKIE, c);
+    }
+    Ok(resp)
+}
+
+/// The consistent-hash key of a request; with a cookie key and no cookie, a new cookie is
+/// made and set on the response (Envoy's behaviour with a TTL).
+fn hash_key(
+    lb: &LbPolicy,
+    parts: &http::request::Parts,
+    conn: &ConnInfo,
+) -> (Option<u64>, Option<HeaderValue>) {
+    let key = match lb {
+        LbPolicy::RingHash { key, .. } | LbPolicy::Maglev { key, .. } => key,
+        _ => return (None, None),
+    };
+    match key {
+        HashKey::Header(name) => (
+            parts
+                .headers
+                .get(name.as_str())
+                .map(|v| hash_of(v.as_bytes())),
+            None,
+        ),
+        HashKey::SourceIp => (Some(hash_of(conn.peer.ip().to_string().as_bytes())), None),
+        HashKey::QueryParameter(name) => (
+            crate::config::matcher::query_param(parts.uri.query(), name)
+                .map(|v| hash_of(v.as_bytes())),
+            None,
+        ),
+        HashKey::Cookie { name, path, ttl } => {
+            let found = parts
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| hash_of(v.as_bytes()));
+            match (found, ttl) {
+                (Some(h), _) => (Some(h), None),
+                (None, Some(ttl)) => {
+                    let value = format!("{:016x}", rand::rng().random::<u64>());
+                    let mut cookie = format!("{name}={value}; Max-Age={}", ttl.as_std().as_secs());
+                    if !path.is_empty() {
+                        cookie.push_str(&format!("; Path={path}"));
+                    }
+                    (
+                        Some(hash_of(value.as_bytes())),
+                        HeaderValue::from_str(&cookie).ok(),
+                    )
+                }
+                (None, None) => (None, None),
+            }
+        }
+    }
+}
+
+/// Sends a copy of the request to each mirror whose percentage hits, without waiting for or
+/// looking at the answer. Mirrors need the body in memory, so bodies of unknown or large size
+/// are not mirrored.
+async fn mirror(
+    rt: &Arc<Runtime>,
+    route: &HttpRoute,
+    parts: &http::request::Parts,
+    incoming: Incoming,
+    max_buffered: usize,
+) -> Body {
+    let hits: Vec<&str> = route
+        .mirrors
+        .iter()
+        .filter(|m| percent_hit(m.percent))
+        .map(|m| m.cluster.as_str())
+        .collect();
+    let small = incoming
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n as usize <= max_buffered);
+    if hits.is_empty() || !small {
+        return body::boxed(incoming);
+    }
+    let bytes = match incoming.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            tracing::debug!(error = %e, "client body ended early");
+            return body::full(bytes::Bytes::new());
+        }
+    };
+    for name in hits {
+        let Some(cluster) = rt.clusters.get(name).cloned() else {
+            continue;
+        };
+        let mut parts = parts.clone();
+        // Envoy marks shadow traffic by suffixing the host.
+        let host = route::authority(&parts).to_owned();
+        let shadow = match host.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => format!("{h}-shadow:{p}"),
+            _ => format!("{host}-shadow"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        let bytes = bytes.clone();
+        tokio::spawn(async move {
+            let Ok(idx) = cluster.choose(None, &[]) else {
+                return;
+            };
+            let endpoint = cluster.endpoints[idx].clone();
+            let _active = endpoint.start_request();
+            let http2 = forward::upstream_http2(cluster.spec.protocol, parts.version);
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            let mut req = Request::new(body::full(bytes));
+            *req.method_mut() = parts.method.clone();
+            *req.headers_mut() = parts.headers.clone();
+            let Ok(uri) = format!("http://{}{pq}", endpoint.authority).parse() else {
+                return;
+            };
+            *req.uri_mut() = uri;
+            let client = if http2 {
+                &cluster.pool.http2
+            } else {
+                &cluster.pool.http1
+            };
+            let sent = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+                if let Ok(resp) = client.request(req).await {
+                    let _ = resp.into_body().collect().await;
+                }
+            });
+            let _ = sent.await;
+        });
+    }
+    body::full(bytes)
+}

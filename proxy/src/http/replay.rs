@@ -1,0 +1,180 @@
+//! A request body that can be sent again: what makes retries possible for any request, not
+//! only those whose body was read in full beforehand.
+//!
+//! The first attempt streams the body from the client and keeps a copy (up to a limit). A
+//! retry replays the copy, then goes on reading from the client where the first attempt
+//! stopped. Past the limit the copy is dropped and the request can no longer be retried, as
+//! with Envoy's buffer limit.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+
+use crate::body::{Body, BoxError};
+
+struct State {
+    source: Option<Body>,
+    buffered: Vec<Bytes>,
+    size: usize,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+    overflowed: bool,
+    failed: bool,
+    /// Only the body of the latest attempt may read; an abandoned attempt's body, which hyper
+    /// may still poll for a moment, must not steal frames from the retry.
+    current: u64,
+}
+
+#[derive(Clone)]
+pub struct Replay {
+    state: Arc<Mutex<State>>,
+    limit: usize,
+    hint: SizeHint,
+}
+
+impl Replay {
+    pub fn new(body: Body, limit: usize) -> Self {
+        let hint = body.size_hint();
+        let ended = body.is_end_stream();
+        Self {
+            state: Arc::new(Mutex::new(State {
+                source: (!ended).then_some(body),
+                buffered: Vec::new(),
+                size: 0,
+                trailers: None,
+                ended,
+                overflowed: false,
+                failed: false,
+                current: 0,
+            })),
+            limit,
+            hint,
+        }
+    }
+
+    /// A body for the next attempt, replaying from the start.
+    pub fn attempt(&self) -> ReplayBody {
+        let id = match self.state.lock() {
+            Ok(mut s) => {
+                s.current += 1;
+                s.current
+            }
+            Err(_) => 0,
+        };
+        ReplayBody {
+            state: self.state.clone(),
+            id,
+            pos: 0,
+            trailers_sent: false,
+            limit: self.limit,
+            hint: self.hint,
+        }
+    }
+
+    /// Whether another attempt would send the same body.
+    pub fn can_replay(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| !s.overflowed && !s.failed)
+            .unwrap_or(false)
+    }
+}
+
+pub struct ReplayBody {
+    state: Arc<Mutex<State>>,
+    id: u64,
+    pos: usize,
+    trailers_sent: bool,
+    limit: usize,
+    hint: SizeHint,
+}
+
+impl HttpBody for ReplayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Ok(mut s) = this.state.lock() else {
+            return Poll::Ready(Some(Err("request body lock poisoned".into())));
+        };
+        if s.current != this.id {
+            return Poll::Ready(Some(Err("request body taken by a retry".into())));
+        }
+        if this.pos < s.buffered.len() && !s.overflowed {
+            this.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(s.buffered[this.pos - 1].clone()))));
+        }
+        if s.ended {
+            if !this.trailers_sent
+                && let Some(t) = s.trailers.clone()
+            {
+                this.trailers_sent = true;
+                return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            }
+            return Poll::Ready(None);
+        }
+        let Some(source) = s.source.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(source).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                s.ended = true;
+                s.source = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                s.failed = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    if !s.overflowed {
+                        if s.size + data.len() > this.limit {
+                            s.overflowed = true;
+                            s.buffered = Vec::new();
+                        } else {
+                            s.size += data.len();
+                            s.buffered.push(data.clone());
+                            this.pos += 1;
+                        }
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => {
+                        s.trailers = Some(trailers.clone());
+                        s.ended = true;
+                        s.source = None;
+                        this.trailers_sent = true;
+                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    }
+                    // Neither data nor trailers: nothing a proxy can forward.
+                    Err(_) => Poll::Ready(Some(Err("unknown body frame".into()))),
+                },
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state.lock().is_ok_and(|s| {
+            s.ended
+                && !s.overflowed
+                && self.pos >= s.buffered.len()
+                && (s.trailers.is_none() || self.trailers_sent)
+        })
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Every attempt sends the whole body, so the client's hint holds for each.
+        self.hint
+    }
+}

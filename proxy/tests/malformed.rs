@@ -1,0 +1,254 @@
+//! Bad input from the network or a file: clean errors, never a hang or a panic.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use trellis_proxy::{FileError, ProxyConfig, compile};
+
+fn http_service(port: u16, extra: &str) -> String {
+    format!(
+        r#"
+listeners:
+  upstreams: [{{name: up, bind: "127.0.0.1:0", service: web}}]
+services:
+  - name: web
+    ports: [{{number: 80, protocol: HTTP}}]
+    endpoints: [{{address: 127.0.0.1, port: {port}}}]
+{extra}
+"#
+    )
+}
+
+#[tokio::test]
+async fn garbage_request_gets_400() {
+    let up = upstream("web").await;
+    let proxy = start_proxy(&http_service(up.port(), "")).await;
+    let out = raw_exchange(
+        addr(&proxy, "up"),
+        b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+        "\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
+    let out = raw_exchange(
+        addr(&proxy, "up"),
+        b"\x01\x02\x03 nonsense\r\n\r\n",
+        "\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400") || out.is_empty(), "{out:?}");
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn oversize_headers_get_431() {
+    let up = upstream("web").await;
+    let proxy = start_proxy(&http_service(up.port(), "limits: {maxHeaderBytes: 8192}")).await;
+    let big = "a".repeat(20_000);
+    let req = format!("GET / HTTP/1.1\r\nHost: web\r\nx-big: {big}\r\n\r\n");
+    let out = raw_exchange(addr(&proxy, "up"), req.as_bytes(), "\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out:?}");
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn slowloris_client_is_disconnected() {
+    let up = upstream("web").await;
+    let proxy = start_proxy(&http_service(
+        up.port(),
+        "limits: {headerReadTimeout: 200ms}",
+    ))
+    .await;
+    let mut s = TcpStream::connect(addr(&proxy, "up")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: ")
+        .await
+        .unwrap();
+    // Never finish the head: the proxy must close the connection by itself.
+    let mut buf = Vec::new();
+    let read = within(
+        "the proxy to close a stalled client",
+        s.read_to_end(&mut buf),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        read.is_err() || text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text:?}"
+    );
+    assert_eq!(up.hits(), 0);
+}
+
+/// An upstream that answers with a head promising 100 bytes, sends 10, and resets.
+async fn truncating_upstream(before_headers: bool) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                if !before_headers {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                        .await;
+                }
+                // Reset rather than close, as a crashed upstream would.
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                drop(s);
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn upstream_reset_mid_body_is_a_clean_error() {
+    let port = truncating_upstream(false).await;
+    let proxy = start_proxy(&http_service(port, "")).await;
+    let c = client();
+    let req = http::Request::get(format!("http://{}/", addr(&proxy, "up")))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = within("head", c.request(req)).await.expect("head arrives");
+    assert_eq!(resp.status().as_u16(), 200);
+    use http_body_util::BodyExt;
+    let body = within("body to fail, not hang", resp.into_body().collect()).await;
+    assert!(body.is_err(), "a truncated body must not look complete");
+}
+
+#[tokio::test]
+async fn upstream_reset_before_headers_is_503_uc() {
+    let port = truncating_upstream(true).await;
+    let extra = r#"resources:
+  - apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: web}
+    spec:
+      hosts: [web]
+      http:
+        - retries: {attempts: 0}
+          route: [{destination: {host: web}}]
+"#;
+    let proxy = start_proxy(&http_service(port, extra)).await;
+    let r = get(&client(), addr(&proxy, "up"), "/").await;
+    assert_eq!(r.status.as_u16(), 503);
+    assert_eq!(r.flags(), "UC");
+}
+
+fn load(text: &str) -> Result<trellis_proxy::Snapshot, String> {
+    let path = Path::new("/etc/trellis/proxy.yaml");
+    let config = ProxyConfig::from_text(path, text).map_err(|e| e.to_string())?;
+    compile(&config).map_err(|e| e.to_string())
+}
+
+#[test]
+fn bad_config_files_name_the_file_and_the_field() {
+    let e = load("listeners:\n  upstream: []\n").unwrap_err();
+    assert!(e.starts_with("/etc/trellis/proxy.yaml: listeners"), "{e}");
+    assert!(e.contains("unknown field `upstream`"), "{e}");
+
+    let e = load("listeners: [1, 2\n").unwrap_err();
+    assert!(e.contains("/etc/trellis/proxy.yaml: invalid YAML"), "{e}");
+
+    let e =
+        load("services:\n  - name: web\n    ports: [{number: 80, protocol: SMTP}]\n").unwrap_err();
+    assert!(e.contains("services[0].ports[0].protocol"), "{e}");
+
+    let e = load(
+        r#"
+services: [{name: web, ports: [{number: 80, protocol: HTTP}]}]
+resources:
+  - apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: web}
+    spec:
+      hosts: [web]
+      http: [{route: [{destination: {host: web, subset: v9}}]}]
+"#,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("VirtualService default/web: spec.http[0].route[0].destination.subset"),
+        "{e}"
+    );
+
+    let e = load(
+        r#"
+resources:
+  - apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: web}
+    spec:
+      hosts: [web]
+      http: [{route: [{destination: {host: web}, wieght: 5}]}]
+"#,
+    )
+    .unwrap_err();
+    assert!(e.contains("spec.http[0].route[0].wieght"), "{e}");
+    assert!(e.contains("did you mean `weight`"), "{e}");
+
+    let e = load(
+        r#"
+services: [{name: web, ports: [{number: 80, protocol: HTTP}]}]
+resources:
+  - apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: web}
+    spec: {host: web, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
+"#,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("DestinationRule default/web: spec.trafficPolicy.tls.mode"),
+        "{e}"
+    );
+    assert!(e.contains("not supported"), "{e}");
+
+    let e = load("listeners:\n  upstreams: [{name: x, bind: \"127.0.0.1:0\", service: nowhere}]\n")
+        .unwrap_err();
+    assert!(e.contains("listeners.upstreams[0].service"), "{e}");
+}
+
+#[test]
+fn a_missing_file_is_a_read_error() {
+    let e = trellis_proxy::load_file(Path::new("/nonexistent/proxy.yaml")).unwrap_err();
+    assert!(matches!(e, FileError::Read { .. }));
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/proxy.yaml: cannot read")
+    );
+}
+
+#[test]
+fn json_config_is_read_too() {
+    let snap =
+        load(r#"{"services": [{"name": "web", "ports": [{"number": 80, "protocol": "HTTP"}]}]}"#)
+            .expect("JSON config");
+    assert!(
+        snap.clusters
+            .contains_key("outbound|80||web.default.svc.cluster.local")
+    );
+    let e = load(r#"{"services": [{"nmae": "web"}]}"#).unwrap_err();
+    assert!(e.contains("services[0]"), "{e}");
+}
+
+#[test]
+fn the_example_config_compiles() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/proxy.yaml");
+    let snap = trellis_proxy::load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.listeners.len(), 6);
+    assert!(snap.route_tables.contains_key("inbound|9080"));
+    assert_eq!(
+        snap.vips["10.96.0.20:9080"],
+        "reviews.default.svc.cluster.local"
+    );
+    assert!(
+        snap.clusters
+            .contains_key("outbound|9080|v3|reviews.default.svc.cluster.local")
+    );
+}
