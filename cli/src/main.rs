@@ -24,6 +24,10 @@ struct Cli {
     )]
     server: String,
 
+    /// The token sent to the server's admin API.
+    #[arg(long, global = true, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +38,16 @@ enum Command {
     Server(cmd::server::ServerArgs),
     /// Run a whole single-node mesh on this machine.
     Dev(cmd::dev::DevArgs),
+    /// Create or update mesh resources from Istio YAML (files, directories, or -).
+    Apply(cmd::config::ApplyArgs),
+    /// Show mesh resources.
+    Get(cmd::config::GetArgs),
+    /// Delete mesh resources, named in files or as KIND NAME.
+    Delete(cmd::config::DeleteArgs),
+    /// Check files offline with Istio's rules; nothing is sent.
+    Validate(cmd::config::FileArgs),
+    /// Show a service with its endpoints and everything that applies to it.
+    Describe(cmd::config::DescribeArgs),
     /// Cluster operations.
     Operator {
         #[command(subcommand)]
@@ -62,10 +76,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        let client = || admin_client::AdminClient::new(&cli.server, cli.token.clone());
         match cli.command {
             Command::Server(args) => cmd::server::run(args).await,
             Command::Dev(args) => cmd::dev::run(args).await,
-            Command::Operator { command } => cmd::operator::run(&cli.server, command).await,
+            Command::Validate(args) => cmd::config::validate(args).await,
+            Command::Apply(args) => cmd::config::apply(&client()?, args).await,
+            Command::Get(args) => cmd::config::get(&client()?, args).await,
+            Command::Delete(args) => cmd::config::delete(&client()?, args).await,
+            Command::Describe(args) => cmd::config::describe(&client()?, args).await,
+            Command::Operator { command } => cmd::operator::run(&client()?, command).await,
         }
     });
     match result {

@@ -2,7 +2,7 @@
 //! transaction that holds the data, the history of events, the applied log id and the
 //! membership together, so a restart never re-applies an entry or skips one.
 //!
-//! Applied batches are committed without their own fsync: the Raft log is durable, and
+//! Most applied batches are committed without their own fsync: the Raft log is durable, and
 //! a crash only rolls the state machine back to an earlier applied index, from which
 //! openraft re-applies the committed log. Snapshots and installed snapshots are
 //! fsynced, and the log is never purged past a snapshot, so the entries needed to roll
@@ -225,7 +225,13 @@ pub struct StateMachine {
     db: Arc<Database>,
     hub: Arc<WatchHub>,
     retention: HistoryRetention,
+    /// When a batch was last fsynced. redb reuses the pages a commit frees only after a
+    /// durable commit, so one batch in a while is made durable to keep the file small.
+    last_durable: std::time::Instant,
 }
+
+/// The longest the state machine goes without a durable commit.
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl StateMachine {
     pub fn open(
@@ -239,7 +245,12 @@ impl StateMachine {
         tx.open_table(SM_META)?;
         tx.open_table(SNAPSHOT)?;
         tx.commit()?;
-        let sm = StateMachine { db, hub, retention };
+        let sm = StateMachine {
+            db,
+            hub,
+            retention,
+            last_durable: std::time::Instant::now(),
+        };
         let view = sm.view();
         let revision = view
             .revision()
@@ -407,10 +418,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let db = self.db.clone();
         let retention = self.retention;
+        let durability = if self.last_durable.elapsed() >= DURABLE_EVERY {
+            self.last_durable = std::time::Instant::now();
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
         let (results, events, revision) = blocking(move || {
             let err: IoKind = StorageIOError::write_state_machine;
             let mut tx = db.begin_write().io(err)?;
-            tx.set_durability(Durability::None).io(err)?;
+            tx.set_durability(durability).io(err)?;
             let mut revision: u64 = StateMachine::get_meta(&tx, REVISION)?;
             let mut results = Vec::with_capacity(entries.len());
             let mut events = Vec::new();

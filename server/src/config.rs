@@ -32,7 +32,7 @@ impl ServerConfig {
             join: Vec::new(),
             node_id: None,
             history_revisions: 100_000,
-            snapshot_every: 10_000,
+            snapshot_every: 50_000,
         }
     }
 }

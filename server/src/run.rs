@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use trellis_raft_store::{HistoryRetention, NodeConfig, StoreNode};
 
 use crate::admin;
@@ -86,9 +86,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             .add_service(raft)
             .add_service(cluster)
             .add_service(kv)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
-                let _ = grpc_stopped.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                async move {
+                    let _ = grpc_stopped.wait_for(|s| *s).await;
+                },
+            )
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "gRPC listener failed");
@@ -99,6 +102,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let app = admin::router(Arc::new(admin::AdminState { node: node.clone() }));
     let mut http_stopped = stopped;
     let http = tokio::spawn(async move {
+        // Small answers must leave at once, not wait for Nagle's algorithm.
+        let http_listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(http_listener, app)
             .with_graceful_shutdown(async move {
                 let _ = http_stopped.wait_for(|s| *s).await;

@@ -1,3 +1,4 @@
+pub mod config;
 pub mod dev;
 pub mod operator;
 pub mod server;

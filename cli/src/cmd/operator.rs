@@ -52,8 +52,7 @@ struct Status {
     members: Vec<Member>,
 }
 
-pub async fn run(server: &str, command: OperatorCommand) -> anyhow::Result<()> {
-    let client = AdminClient::new(server)?;
+pub async fn run(client: &AdminClient, command: OperatorCommand) -> anyhow::Result<()> {
     match command {
         OperatorCommand::Raft {
             command: RaftCommand::ListPeers { output },
@@ -74,8 +73,8 @@ pub async fn run(server: &str, command: OperatorCommand) -> anyhow::Result<()> {
                 (None, Some(a)) => vec![("address", a)],
                 _ => bail!("give --id or --address"),
             };
-            let _: serde_json::Value = client
-                .call(Method::DELETE, "/v1/operator/raft/peer", &query)
+            client
+                .request(Method::DELETE, "/v1/operator/raft/peer", &query, None)
                 .await?;
             println!("removed {}", query[0].1);
         }

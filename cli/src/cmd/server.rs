@@ -33,7 +33,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 100_000)]
     pub history_revisions: u64,
     /// Applied entries between snapshots (the log before a snapshot is purged).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 50_000)]
     pub snapshot_every: u64,
 }
 

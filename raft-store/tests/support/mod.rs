@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use trellis_raft_store::{LinkControl, LinkDecision, NodeConfig, NodeId, StoreNode};
 
 /// Which directed links are cut.
@@ -96,7 +95,9 @@ impl Cluster {
         loop {
             let node = StoreNode::prepare(config.clone()).expect("prepare");
             let (raft, cluster, kv) = trellis_raft_store::services(&node);
-            let incoming = TcpListenerStream::new(listener.take().expect("listener"));
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener.take().expect("listener"))
+                    .with_nodelay(Some(true));
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let serving = tokio::spawn(async move {
                 let _ = tonic::transport::Server::builder()

@@ -1,6 +1,7 @@
 //! The admin HTTP API (axum). Every answer carries the store revision it reflects in
 //! `X-Trellis-Index`, as Consul's API does with `X-Consul-Index`.
 
+mod config;
 mod kv;
 mod operator;
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use trellis_raft_store::StoreNode;
 
 pub const INDEX_HEADER: &str = "x-trellis-index";
@@ -27,6 +28,14 @@ pub fn router(state: State) -> Router {
         .route(
             "/v1/kv/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/v1/apply", post(config::apply))
+        .route("/v1/delete", post(config::delete_documents))
+        .route("/v1/config/{kind}", get(config::list))
+        .route("/v1/config/{kind}/{namespace}", get(config::list_namespace))
+        .route(
+            "/v1/config/{kind}/{namespace}/{name}",
+            get(config::get).put(config::put).delete(config::delete),
         )
         .route("/v1/status/leader", get(operator::leader))
         .route("/v1/status/peers", get(operator::peers))
@@ -65,6 +74,7 @@ async fn add_index(
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -72,6 +82,19 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            details: None,
+        }
+    }
+
+    /// An error with more fields beside `error` (for instance every refused document).
+    pub fn with_details(
+        status: StatusCode,
+        message: impl Into<String>,
+        details: serde_json::Value,
+    ) -> Self {
+        ApiError {
+            details: Some(details),
+            ..ApiError::new(status, message)
         }
     }
 }
@@ -91,11 +114,13 @@ impl From<trellis_raft_store::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+        let mut body = serde_json::json!({ "error": self.message });
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
+            (self.details, body.as_object_mut())
+        {
+            obj.extend(extra);
+        }
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
