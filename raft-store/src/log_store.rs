@@ -1,13 +1,22 @@
-//! The Raft log, vote and purge point in redb. Every method that openraft relies on
-//! for durability commits with `Durability::Immediate` before it reports success.
+//! The Raft log, vote and purge point in redb.
+//!
+//! One writer thread owns every change to the log file. It takes whatever writes are
+//! queued, puts them in one redb transaction and fsyncs once (group commit), then tells
+//! each caller. Appends return at once and report through openraft's flush callback,
+//! so the leader replicates an entry while its own copy is still being written; until
+//! an entry is on disk, readers find it in memory. Votes, truncation and purging wait
+//! for their fsync before they return.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
 
 use crate::codec::{decode, encode};
 use crate::error::{IoContext, IoKind};
@@ -20,20 +29,45 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
+/// Entries handed to the writer but perhaps not yet on disk, by index, each with the
+/// sequence number of the append that wrote it.
+type Unflushed = BTreeMap<u64, (u64, Entry)>;
+
+enum Write {
+    Append {
+        entries: Vec<(u64, u64, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    Meta {
+        key: &'static str,
+        value: Vec<u8>,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    Truncate {
+        from: u64,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Purge {
+        upto: u64,
+        value: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    unflushed: Arc<Mutex<Unflushed>>,
+    seq: Arc<AtomicU64>,
+    writer: mpsc::Sender<Write>,
 }
 
-/// Runs a redb operation off the async threads: commits wait for fsync.
 async fn blocking<T, F>(f: F) -> Result<T, StorageError>
 where
     F: FnOnce() -> Result<T, StorageError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .io(StorageIOError::write)?
+    tokio::task::spawn_blocking(f).await.io(StorageIOError::read)?
 }
 
 impl LogStore {
@@ -42,14 +76,29 @@ impl LogStore {
         tx.open_table(LOG)?;
         tx.open_table(LOG_META)?;
         tx.commit()?;
-        Ok(LogStore { db })
+        let unflushed = Arc::new(Mutex::new(Unflushed::new()));
+        let (writer, queue) = mpsc::channel();
+        {
+            let db = db.clone();
+            let unflushed = unflushed.clone();
+            std::thread::Builder::new()
+                .name("raft-log-writer".into())
+                .spawn(move || write_loop(&db, &unflushed, &queue))
+                .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+        }
+        Ok(LogStore {
+            db,
+            unflushed,
+            seq: Arc::new(AtomicU64::new(1)),
+            writer,
+        })
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        db: &Database,
-        key: &str,
-        make: IoKind,
-    ) -> Result<Option<T>, StorageError> {
+    fn unflushed(&self) -> std::sync::MutexGuard<'_, Unflushed> {
+        self.unflushed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(db: &Database, key: &str, make: IoKind) -> Result<Option<T>, StorageError> {
         let tx = db.begin_read().io(make)?;
         let table = tx.open_table(LOG_META).io(make)?;
         match table.get(key).io(make)? {
@@ -58,35 +107,108 @@ impl LogStore {
         }
     }
 
-    fn write_meta<T: serde::Serialize>(
-        db: &Database,
-        key: &str,
-        value: &T,
-        durability: Durability,
-        make: IoKind,
-    ) -> Result<(), StorageError> {
-        let bytes = encode(value).io(make)?;
-        let mut tx = db.begin_write().io(make)?;
-        tx.set_durability(durability).io(make)?;
-        {
-            let mut table = tx.open_table(LOG_META).io(make)?;
-            table.insert(key, bytes.as_slice()).io(make)?;
+    /// Queues a write and waits until it is on disk.
+    async fn write_and_wait(&self, make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Write, kind: IoKind) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.send(make(tx)).map_err(|_| "the log writer stopped").io(kind)?;
+        rx.await.map_err(|_| "the log writer stopped").io(kind)?.io(kind)
+    }
+
+    fn last_on_disk(db: &Database) -> Result<Option<LogId>, StorageError> {
+        let err: IoKind = StorageIOError::read_logs;
+        let tx = db.begin_read().io(err)?;
+        let table = tx.open_table(LOG).io(err)?;
+        match table.last().io(err)? {
+            Some((_, v)) => Ok(Some(decode::<Entry>(v.value()).io(err)?.log_id)),
+            None => Self::read_meta(db, LAST_PURGED, err),
         }
-        tx.commit().io(make)
     }
 
     /// The last log id, for a node's status.
     pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        let tx = self.db.begin_read().io(StorageIOError::read_logs)?;
-        let table = tx.open_table(LOG).io(StorageIOError::read_logs)?;
-        match table.last().io(StorageIOError::read_logs)? {
-            Some((_, v)) => {
-                let entry: Entry = decode(v.value()).io(StorageIOError::read_logs)?;
-                Ok(Some(entry.log_id))
+        if let Some((_, (_, e))) = self.unflushed().last_key_value() {
+            return Ok(Some(e.log_id));
+        }
+        Self::last_on_disk(&self.db)
+    }
+}
+
+/// Takes every queued write, commits them in one transaction, then answers each.
+fn write_loop(db: &Database, unflushed: &Mutex<Unflushed>, queue: &mpsc::Receiver<Write>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = queue.try_recv() {
+            batch.push(more);
+        }
+        let result = commit(db, &batch).map_err(|e| e.to_string());
+        let mut written: Vec<(u64, u64)> = Vec::new();
+        for write in batch {
+            match write {
+                Write::Append { entries, callback } => {
+                    written.extend(entries.iter().map(|(i, s, _)| (*i, *s)));
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+                Write::Meta { done, .. } => {
+                    if let Some(done) = done {
+                        let _ = done.send(result.clone());
+                    }
+                }
+                Write::Truncate { done, .. } | Write::Purge { done, .. } => {
+                    let _ = done.send(result.clone());
+                }
             }
-            None => Self::read_meta(&self.db, LAST_PURGED, StorageIOError::read_logs),
+        }
+        if result.is_ok() {
+            // Only now may readers go to disk for these; a newer append to the same
+            // index (after a truncation) keeps its place.
+            let mut pending = unflushed.lock().unwrap_or_else(|p| p.into_inner());
+            for (index, seq) in written {
+                if pending.get(&index).is_some_and(|(s, _)| *s == seq) {
+                    pending.remove(&index);
+                }
+            }
         }
     }
+}
+
+fn commit(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    let durable = batch.iter().any(|w| {
+        !matches!(
+            w,
+            Write::Meta {
+                key: COMMITTED,
+                ..
+            }
+        )
+    });
+    tx.set_durability(if durable { Durability::Immediate } else { Durability::None })
+        .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
+    {
+        let mut log = tx.open_table(LOG)?;
+        let mut meta = tx.open_table(LOG_META)?;
+        for write in batch {
+            match write {
+                Write::Append { entries, .. } => {
+                    for (index, _, bytes) in entries {
+                        log.insert(*index, bytes.as_slice())?;
+                    }
+                }
+                Write::Meta { key, value, .. } => {
+                    meta.insert(*key, value.as_slice())?;
+                }
+                Write::Truncate { from, .. } => {
+                    log.retain_in(*from.., |_, _| false)?;
+                }
+                Write::Purge { upto, value, .. } => {
+                    meta.insert(LAST_PURGED, value.as_slice())?;
+                    log.retain_in(..=*upto, |_, _| false)?;
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -100,28 +222,39 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(i) => Some(i.saturating_add(1)),
-            Bound::Excluded(i) => Some(*i),
-            Bound::Unbounded => None,
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
         };
-        let db = self.db.clone();
-        blocking(move || {
-            let err: IoKind = StorageIOError::read_logs;
-            let tx = db.begin_read().io(err)?;
-            let table = tx.open_table(LOG).io(err)?;
-            let iter = match end {
-                Some(end) if end <= start => return Ok(Vec::new()),
-                Some(end) => table.range(start..end).io(err)?,
-                None => table.range(start..).io(err)?,
-            };
-            let mut entries = Vec::new();
-            for item in iter {
-                let (_, v) = item.io(err)?;
-                entries.push(decode(v.value()).io(err)?);
-            }
-            Ok(entries)
-        })
-        .await
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        // Taken before the disk read: an entry leaves this map only after it is on disk.
+        let pending: Vec<(u64, Entry)> = self
+            .unflushed()
+            .range(start..end)
+            .map(|(i, (_, e))| (*i, e.clone()))
+            .collect();
+        let first_pending = pending.first().map_or(end, |(i, _)| *i);
+        let mut entries: BTreeMap<u64, Entry> = if first_pending > start {
+            let db = self.db.clone();
+            blocking(move || {
+                let err: IoKind = StorageIOError::read_logs;
+                let tx = db.begin_read().io(err)?;
+                let table = tx.open_table(LOG).io(err)?;
+                let mut out = BTreeMap::new();
+                for item in table.range(start..first_pending).io(err)? {
+                    let (k, v) = item.io(err)?;
+                    out.insert(k.value(), decode::<Entry>(v.value()).io(err)?);
+                }
+                Ok(out)
+            })
+            .await?
+        } else {
+            BTreeMap::new()
+        };
+        entries.extend(pending);
+        Ok(entries.into_values().collect())
     }
 }
 
@@ -130,25 +263,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let db = self.db.clone();
-        blocking(move || {
-            let last_purged_log_id: Option<LogId> =
-                Self::read_meta(&db, LAST_PURGED, StorageIOError::read_logs)?;
-            let err: IoKind = StorageIOError::read_logs;
-            let tx = db.begin_read().io(err)?;
-            let table = tx.open_table(LOG).io(err)?;
-            let last_log_id = match table.last().io(err)? {
-                Some((_, v)) => {
-                    let entry: Entry = decode(v.value()).io(err)?;
-                    Some(entry.log_id)
-                }
-                None => last_purged_log_id,
-            };
-            Ok(LogState {
-                last_purged_log_id,
-                last_log_id,
-            })
+        let (last_purged_log_id, on_disk) = blocking(move || {
+            let purged: Option<LogId> = Self::read_meta(&db, LAST_PURGED, StorageIOError::read_logs)?;
+            Ok((purged, Self::last_on_disk(&db)?))
         })
-        .await
+        .await?;
+        let last_log_id = match self.unflushed().last_key_value() {
+            Some((_, (_, e))) => Some(e.log_id),
+            None => on_disk,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -156,17 +283,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        let vote = *vote;
-        blocking(move || {
-            Self::write_meta(
-                &db,
-                VOTE,
-                &vote,
-                Durability::Immediate,
-                StorageIOError::write_vote,
-            )
-        })
+        let value = encode(vote).io(StorageIOError::write_vote)?;
+        self.write_and_wait(
+            |done| Write::Meta {
+                key: VOTE,
+                value,
+                done: Some(done),
+            },
+            StorageIOError::write_vote,
+        )
         .await
     }
 
@@ -176,94 +301,83 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not fsynced on its own: a committed index lost in a crash only means a restart
-        // re-applies fewer entries itself and learns the rest from the leader.
-        let db = self.db.clone();
-        blocking(move || {
-            Self::write_meta(
-                &db,
-                COMMITTED,
-                &committed,
-                Durability::None,
-                StorageIOError::write,
-            )
-        })
-        .await
+        // Not waited for, and not fsynced on its own: a committed index lost in a crash
+        // only means a restart re-applies fewer entries itself and learns the rest from
+        // the leader.
+        let value = encode(&committed).io(StorageIOError::write)?;
+        self.writer
+            .send(Write::Meta {
+                key: COMMITTED,
+                value,
+                done: None,
+            })
+            .map_err(|_| "the log writer stopped")
+            .io(StorageIOError::write)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let db = self.db.clone();
-        blocking(move || {
-            Ok(Self::read_meta::<Option<LogId>>(&db, COMMITTED, StorageIOError::read)?.flatten())
-        })
-        .await
+        blocking(move || Ok(Self::read_meta::<Option<LogId>>(&db, COMMITTED, StorageIOError::read)?.flatten())).await
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let err: IoKind = StorageIOError::write_logs;
-        let encoded = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, encode(&e).io(err)?)))
-            .collect::<Result<Vec<_>, StorageError>>()?;
-        let db = self.db.clone();
-        let result = blocking(move || {
-            let err: IoKind = StorageIOError::write_logs;
-            let mut tx = db.begin_write().io(err)?;
-            tx.set_durability(Durability::Immediate).io(err)?;
-            {
-                let mut table = tx.open_table(LOG).io(err)?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice()).io(err)?;
-                }
+        let mut encoded = Vec::new();
+        {
+            let mut pending = self.unflushed();
+            for entry in entries {
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+                encoded.push((entry.log_id.index, seq, encode(&entry).io(err)?));
+                pending.insert(entry.log_id.index, (seq, entry));
             }
-            tx.commit().io(err)
-        })
-        .await;
-        match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
         }
-        result
+        self.writer
+            .send(Write::Append {
+                entries: encoded,
+                callback,
+            })
+            .map_err(|_| "the log writer stopped")
+            .io(err)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let err: IoKind = StorageIOError::write_logs;
-            let mut tx = db.begin_write().io(err)?;
-            tx.set_durability(Durability::Immediate).io(err)?;
-            {
-                let mut table = tx.open_table(LOG).io(err)?;
-                table.retain_in(log_id.index.., |_, _| false).io(err)?;
+        {
+            let mut pending = self.unflushed();
+            let stale: Vec<u64> = pending.range(log_id.index..).map(|(i, _)| *i).collect();
+            for i in stale {
+                pending.remove(&i);
             }
-            tx.commit().io(err)
-        })
+        }
+        self.write_and_wait(
+            |done| Write::Truncate {
+                from: log_id.index,
+                done,
+            },
+            StorageIOError::write_logs,
+        )
         .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let err: IoKind = StorageIOError::write_logs;
-            let purged = encode(&log_id).io(err)?;
-            let mut tx = db.begin_write().io(err)?;
-            tx.set_durability(Durability::Immediate).io(err)?;
-            {
-                let mut meta = tx.open_table(LOG_META).io(err)?;
-                meta.insert(LAST_PURGED, purged.as_slice()).io(err)?;
-                let mut table = tx.open_table(LOG).io(err)?;
-                table.retain_in(..=log_id.index, |_, _| false).io(err)?;
-            }
-            tx.commit().io(err)
-        })
-        .await
+        let value = encode(&log_id).io(StorageIOError::write_logs)?;
+        self.write_and_wait(
+            |done| Write::Purge {
+                upto: log_id.index,
+                value,
+                done,
+            },
+            StorageIOError::write_logs,
+        )
+        .await?;
+        let mut pending = self.unflushed();
+        let purged: Vec<u64> = pending.range(..=log_id.index).map(|(i, _)| *i).collect();
+        for i in purged {
+            pending.remove(&i);
+        }
+        Ok(())
     }
 }
