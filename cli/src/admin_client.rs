@@ -28,9 +28,18 @@ impl std::error::Error for Refusal {}
 
 impl AdminClient {
     pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Self> {
-        let base = server.trim_end_matches('/').to_string();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            bail!("--server {server}: give a URL such as http://127.0.0.1:8500");
+        let server = server.trim();
+        // `host:port` alone means plain HTTP, as CONSUL_HTTP_ADDR reads it.
+        let base = if server.contains("://") {
+            server.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", server.trim_end_matches('/'))
+        };
+        let host = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"));
+        if host.is_none_or(str::is_empty) {
+            bail!("--server {server}: give host:port or a URL such as http://127.0.0.1:8500");
         }
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))

@@ -167,32 +167,80 @@ pub fn run_trellis(
     env: &[(&str, &str)],
     within: Duration,
 ) -> anyhow::Result<(i32, String, String)> {
+    run_trellis_with_stdin(args, env, None, within)
+}
+
+/// As [`run_trellis`], with `stdin` written to the process's standard input (then closed).
+/// `TRELLIS_ADDR` and `TRELLIS_TOKEN` are removed from the inherited environment so only
+/// what the test passes reaches the binary.
+pub fn run_trellis_with_stdin(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+    within: Duration,
+) -> anyhow::Result<(i32, String, String)> {
     let mut cmd = Command::new(trellis_bin());
     cmd.args(args)
-        .stdin(Stdio::null())
+        .env_remove("TRELLIS_ADDR")
+        .env_remove("TRELLIS_TOKEN")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().context("spawning trellis")?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let text = text.to_string();
+        // A thread, so a child that does not read cannot block the test on a full pipe.
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(text.as_bytes());
+        });
+    }
+    // Readers drain both pipes as the child writes, so a long answer cannot fill a pipe
+    // and stall the child until the deadline.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait()? {
-            let out = child.wait_with_output()?;
             return Ok((
                 status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default(),
             ));
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let out = child.wait_with_output()?;
+            let _ = child.wait();
             bail!(
                 "trellis {args:?} did not finish within {within:?}; stdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                stdout.join().unwrap_or_default(),
+                stderr.join().unwrap_or_default()
             );
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -19,6 +19,9 @@ pub struct ServerConfig {
     pub history_revisions: u64,
     /// Applied entries between snapshots.
     pub snapshot_every: u64,
+    /// A file holding the token every admin API request must present (but the
+    /// `/v1/status/*` probes). `None`: the API is open, as for `trellis dev`.
+    pub acl_token_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -33,6 +36,7 @@ impl ServerConfig {
             node_id: None,
             history_revisions: 100_000,
             snapshot_every: 50_000,
+            acl_token_file: None,
         }
     }
 }

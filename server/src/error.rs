@@ -14,6 +14,15 @@ pub enum ServerError {
     )]
     NeedAdvertise(String),
 
+    #[error("--acl-token-file {path}: cannot be read: {source}")]
+    AclTokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+
+    #[error("--acl-token-file {0}: the file is empty; an empty token would let anyone in")]
+    EmptyAclToken(String),
+
     #[error(transparent)]
     Store(#[from] trellis_raft_store::Error),
 }

@@ -45,6 +45,19 @@ async fn bind(flag: &'static str, addr: &str) -> Result<TcpListener, ServerError
 /// Starts a server: returns once it serves both listeners and its store runs (it may
 /// still be waiting for the other servers to form a cluster).
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    // Read before anything binds, so a bad token file stops the server at once.
+    let acl_token = match &config.acl_token_file {
+        None => None,
+        Some(path) => {
+            let shown = path.display().to_string();
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ServerError::AclTokenFile {
+                    path: shown.clone(),
+                    source,
+                })?;
+            Some(admin::AclToken::new(&text).ok_or(ServerError::EmptyAclToken(shown))?)
+        }
+    };
     let grpc_listener = bind("--grpc-addr", &config.grpc_addr).await?;
     let grpc_addr = grpc_listener
         .local_addr()
@@ -99,7 +112,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     });
     node.start().await?;
 
-    let app = admin::router(Arc::new(admin::AdminState { node: node.clone() }));
+    let app = admin::router(Arc::new(admin::AdminState {
+        node: node.clone(),
+        acl_token,
+    }));
     let mut http_stopped = stopped;
     let http = tokio::spawn(async move {
         // Small answers must leave at once, not wait for Nagle's algorithm.

@@ -257,10 +257,30 @@ fn to_yaml(v: &Value) -> String {
     serde_norway::to_string(v).unwrap_or_else(|_| v.to_string())
 }
 
+/// A resource named by two files would be written twice in one apply, the second
+/// silently winning; refuse it before anything is sent.
+fn check_duplicates(sources: &[(String, String)]) -> bool {
+    let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+    let mut ok = true;
+    for (name, text) in sources {
+        for doc in parse_documents(name, text).into_iter().flatten() {
+            if let Some(first) = seen.insert(doc.resource.store_key(), doc.id.to_string()) {
+                eprintln!(
+                    "error: {}: the same resource as {first}; an apply names each resource once",
+                    doc.id
+                );
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
 pub async fn apply(client: &AdminClient, args: ApplyArgs) -> anyhow::Result<()> {
     let sources = read_sources(&args.files.files)?;
     // Every file is checked before any is sent: a bad file leaves the mesh unchanged.
-    if !check_offline(&sources) {
+    // Each file is then one atomic batch on the server.
+    if !check_offline(&sources) || !check_duplicates(&sources) {
         bail!("validation failed; nothing was applied");
     }
     for (name, text) in sources {
@@ -271,7 +291,7 @@ pub async fn apply(client: &AdminClient, args: ApplyArgs) -> anyhow::Result<()> 
         let answer = client
             .request(Method::POST, "/v1/apply", &query, Some(text.into_bytes()))
             .await
-            .map_err(|e| explain(e))?;
+            .map_err(explain)?;
         print_changes(&answer, args.dry_run);
     }
     Ok(())
@@ -475,13 +495,21 @@ pub async fn describe(client: &AdminClient, args: DescribeArgs) -> anyhow::Resul
         format!("{}.{ns}.svc.cluster.local", args.name),
         format!("{}.{ns}.mesh", args.name),
     ];
-    let host_matches = |h: &str| hosts.iter().any(|x| x == h) || h == "*";
+    // A short name means a service of the resource's own namespace; the longer forms
+    // name this service from anywhere.
+    let host_matches = |h: &str, item_ns: &str| {
+        if h == args.name || h == "*" {
+            item_ns == ns.as_str()
+        } else {
+            hosts[1..].iter().any(|x| x == h)
+        }
+    };
     let labels_match = |labels: &serde_json::Map<String, Value>| {
         !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
     };
 
     println!("Endpoints:");
-    let entries = list(client, "workloadentry", ns).await?;
+    let entries = list(client, "workloadentry", Some(ns)).await?;
     let mut any = false;
     for we in &entries {
         let labels = we
@@ -509,7 +537,12 @@ pub async fn describe(client: &AdminClient, args: DescribeArgs) -> anyhow::Resul
     println!("Applies to it:");
     let mut applied = Vec::new();
     for kind in ["virtualservice", "destinationrule", "ratelimit"] {
-        for item in list(client, kind, ns).await? {
+        for item in list(client, kind, None).await? {
+            let item_ns = item
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let hosts_of: Vec<String> = match kind {
                 "virtualservice" => item
                     .pointer("/spec/hosts")
@@ -524,9 +557,9 @@ pub async fn describe(client: &AdminClient, args: DescribeArgs) -> anyhow::Resul
                     .map(|h| vec![h.to_string()])
                     .unwrap_or_default(),
             };
-            if hosts_of.iter().any(|h| host_matches(h)) {
+            if hosts_of.iter().any(|h| host_matches(h, &item_ns)) {
                 applied.push(format!(
-                    "{kind}/{}",
+                    "{kind}/{item_ns}/{}",
                     item.pointer("/metadata/name")
                         .and_then(Value::as_str)
                         .unwrap_or_default()
@@ -540,16 +573,16 @@ pub async fn describe(client: &AdminClient, args: DescribeArgs) -> anyhow::Resul
         "requestauthentication",
         "sidecar",
     ] {
-        for item in list(client, kind, ns).await? {
+        for item in list(client, kind, Some(ns)).await? {
             let labels = item
                 .pointer("/spec/selector/matchLabels")
                 .or_else(|| item.pointer("/spec/workloadSelector/labels"))
                 .and_then(Value::as_object)
                 .cloned();
             // No selector: it applies to every workload of the namespace.
-            if labels.as_ref().is_none_or(|l| labels_match(l)) {
+            if labels.as_ref().is_none_or(&labels_match) {
                 applied.push(format!(
-                    "{kind}/{}",
+                    "{kind}/{ns}/{}",
                     item.pointer("/metadata/name")
                         .and_then(Value::as_str)
                         .unwrap_or_default()
@@ -566,14 +599,14 @@ pub async fn describe(client: &AdminClient, args: DescribeArgs) -> anyhow::Resul
     Ok(())
 }
 
-async fn list(client: &AdminClient, kind: &str, ns: &str) -> anyhow::Result<Vec<Value>> {
+/// One kind, in one namespace or (`None`) in all.
+async fn list(client: &AdminClient, kind: &str, ns: Option<&str>) -> anyhow::Result<Vec<Value>> {
+    let query: Vec<(&str, String)> = ns
+        .map(|n| ("namespace", n.to_string()))
+        .into_iter()
+        .collect();
     let answer = client
-        .request(
-            Method::GET,
-            &format!("/v1/config/{kind}"),
-            &[("namespace", ns.to_string())],
-            None,
-        )
+        .request(Method::GET, &format!("/v1/config/{kind}"), &query, None)
         .await?;
     Ok(answer
         .get("items")

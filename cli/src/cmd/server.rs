@@ -35,6 +35,10 @@ pub struct ServerArgs {
     /// Applied entries between snapshots (the log before a snapshot is purged).
     #[arg(long, default_value_t = 50_000)]
     pub snapshot_every: u64,
+    /// A file holding the token every admin API request must carry (x-trellis-token or
+    /// Authorization: Bearer), except GET /v1/status/*. Without it the API is open.
+    #[arg(long)]
+    pub acl_token_file: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -48,6 +52,7 @@ impl ServerArgs {
         c.node_id = self.node_id;
         c.history_revisions = self.history_revisions;
         c.snapshot_every = self.snapshot_every;
+        c.acl_token_file = self.acl_token_file.clone();
         c
     }
 }

@@ -3,23 +3,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
-use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use trellis_api::{Kind, Resource, ResourceKey, parse_documents};
-use trellis_raft_store::{Compare, KeyValue, Op, Txn, WatchUpdate};
+use trellis_raft_store::{Compare, KeyValue, Op, Txn};
 
+use super::blocking::{block_until_changed, parse_wait};
 use super::{ApiError, State as AppState, with_index};
-
-const MAX_WAIT: Duration = Duration::from_secs(600);
-const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
 /// `{"error": ..., "errors": [{document, path, message}]}` for refused documents.
 fn refused(errors: &trellis_api::ParseErrors) -> ApiError {
@@ -78,11 +74,24 @@ fn answered(kv: &KeyValue) -> Value {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct WriteQuery {
-    #[serde(default)]
-    dry_run: Option<bool>,
+    /// `?dry-run`, `?dry-run=true` (or `1`); `false`/`0` is a real write.
+    dry_run: Option<String>,
     cas: Option<u64>,
     /// Names the body in error messages (the CLI passes the file name).
     source: Option<String>,
+}
+
+impl WriteQuery {
+    fn dry_run(&self) -> Result<bool, ApiError> {
+        match self.dry_run.as_deref() {
+            None | Some("false" | "0") => Ok(false),
+            Some("" | "true" | "1") => Ok(true),
+            Some(other) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("dry-run: '{other}' is not true or false"),
+            )),
+        }
+    }
 }
 
 #[derive(Serialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -156,13 +165,16 @@ async fn apply_documents(
         let value = stored_form(&mut doc.resource);
         planned.push((doc.resource.key(), key, value, doc.warnings));
     }
+    // One linearizable barrier for the whole batch, then local reads: what they see is
+    // at least as new as anything committed before the request arrived.
+    state.node.linearize().await?;
     let mut changes = Vec::new();
     let mut compare = Vec::new();
     let mut ops = Vec::new();
     for (rkey, key, value, warnings) in planned {
         let current = state
             .node
-            .range(key.as_bytes(), false, 0, false)
+            .range(key.as_bytes(), false, 0, true)
             .await?
             .1
             .pop();
@@ -260,7 +272,7 @@ pub async fn apply(
 ) -> Result<Response, ApiError> {
     let source = q.source.clone().unwrap_or_else(|| "request body".into());
     let docs = parse_body(&source, &body)?;
-    apply_documents(&state, docs, q.dry_run.unwrap_or(false), q.cas).await
+    apply_documents(&state, docs, q.dry_run()?, q.cas).await
 }
 
 /// `POST /v1/delete`: deletes every resource a multi-document body names, together.
@@ -308,13 +320,7 @@ pub async fn delete_documents(
         }
         keys.insert(ResourceKey::new(kind, namespace, name));
     }
-    delete_keys(
-        &state,
-        keys.into_iter().collect(),
-        q.dry_run.unwrap_or(false),
-        q.cas,
-    )
-    .await
+    delete_keys(&state, keys.into_iter().collect(), q.dry_run()?, q.cas).await
 }
 
 async fn delete_keys(
@@ -323,6 +329,7 @@ async fn delete_keys(
     dry_run: bool,
     cas: Option<u64>,
 ) -> Result<Response, ApiError> {
+    state.node.linearize().await?;
     let mut compare = Vec::new();
     let mut ops = Vec::new();
     let mut changes = Vec::new();
@@ -330,11 +337,16 @@ async fn delete_keys(
         let store_key = key.store_key();
         let Some(current) = state
             .node
-            .range(store_key.as_bytes(), false, 0, false)
+            .range(store_key.as_bytes(), false, 0, true)
             .await?
             .1
             .pop()
         else {
+            // A precondition on a revision of something that is not there fails as a
+            // precondition (412), as it does for a write.
+            if let Some(expected) = cas.filter(|c| *c != 0) {
+                return Err(cas_refusal(&key, expected, 0));
+            }
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("{key}: not found"),
@@ -396,7 +408,7 @@ pub async fn put(
             ),
         ));
     }
-    apply_documents(&state, docs, q.dry_run.unwrap_or(false), q.cas).await
+    apply_documents(&state, docs, q.dry_run()?, q.cas).await
 }
 
 /// `DELETE /v1/config/{kind}/{namespace}/{name}[?cas=N][&dry-run=true]`.
@@ -409,7 +421,7 @@ pub async fn delete(
     delete_keys(
         &state,
         vec![ResourceKey::new(kind, namespace, name)],
-        q.dry_run.unwrap_or(false),
+        q.dry_run()?,
         q.cas,
     )
     .await
@@ -424,42 +436,6 @@ pub struct ReadQuery {
     /// For lists: `app=reviews,version!=v1,canary,!legacy`.
     label_selector: Option<String>,
     namespace: Option<String>,
-}
-
-fn parse_wait(wait: &Option<String>) -> Result<Duration, ApiError> {
-    match wait {
-        None => Ok(DEFAULT_WAIT),
-        Some(w) => humantime::parse_duration(w)
-            .map(|d| d.min(MAX_WAIT))
-            .map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("wait: {e} (e.g. 30s, 5m)"))
-            }),
-    }
-}
-
-/// Returns once something under `prefix` changed after `index`, or when `wait` is over.
-pub(crate) async fn block_until_changed(
-    state: &AppState,
-    prefix: &str,
-    exact: bool,
-    index: u64,
-    wait: Duration,
-) -> Result<(), ApiError> {
-    let mut updates = state.node.watch(prefix.as_bytes().to_vec(), index + 1)?;
-    let changed = async {
-        while let Some(update) = updates.next().await {
-            match update {
-                WatchUpdate::Compacted { .. } => return,
-                WatchUpdate::Events(events) => {
-                    if !exact || events.iter().any(|e| e.kv.key == prefix.as_bytes()) {
-                        return;
-                    }
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(wait, changed).await;
-    Ok(())
 }
 
 fn stale(q: &ReadQuery) -> bool {
@@ -483,7 +459,9 @@ pub async fn get(
         .range(store_key.as_bytes(), false, 0, stale(&q))
         .await?;
     match kvs.pop() {
-        Some(kv) => Ok(with_index(revision, Json(answered(&kv)))),
+        // The revision of its last change, not the store's: a blocking query given it
+        // then wakes only when this resource changes.
+        Some(kv) => Ok(with_index(kv.mod_revision, Json(answered(&kv)))),
         None => Ok(with_index(
             revision,
             ApiError::new(StatusCode::NOT_FOUND, format!("{key}: not found")),

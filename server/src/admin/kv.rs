@@ -1,23 +1,17 @@
 //! `/v1/kv/...`: raw keys and values, shaped like Consul's KV API, with blocking
 //! queries (`?index=N&wait=30s`).
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use trellis_raft_store::{Compare, KeyValue, Op, Txn, WatchUpdate};
+use trellis_raft_store::{Compare, KeyValue, Op, Txn};
 
+use super::blocking::{block_until_changed, parse_wait};
 use super::{ApiError, State as AppState, with_index};
-
-/// The longest a blocking query waits, as in Consul.
-const MAX_WAIT: Duration = Duration::from_secs(600);
-const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -62,17 +56,6 @@ pub async fn get_all(
     get(state, Path(String::new()), query).await
 }
 
-fn parse_wait(wait: &Option<String>) -> Result<Duration, ApiError> {
-    match wait {
-        None => Ok(DEFAULT_WAIT),
-        Some(w) => humantime::parse_duration(w)
-            .map(|d| d.min(MAX_WAIT))
-            .map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("wait: {e} (e.g. 30s, 5m)"))
-            }),
-    }
-}
-
 pub async fn get(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -80,7 +63,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let prefix = flag(&q.recurse) || flag(&q.keys) || key.is_empty();
     if let Some(index) = q.index.filter(|i| *i > 0) {
-        block_until_changed(&state, &key, prefix, index, parse_wait(&q.wait)?).await?;
+        block_until_changed(&state, &key, !prefix, index, parse_wait(&q.wait)?).await?;
     }
     let (revision, kvs, _) = state
         .node
@@ -108,31 +91,6 @@ pub async fn get(
         revision,
         Json(kvs.into_iter().map(entry).collect::<Vec<_>>()),
     ))
-}
-
-/// Returns once something under `key` changed after `index`, or when `wait` is over.
-async fn block_until_changed(
-    state: &AppState,
-    key: &str,
-    prefix: bool,
-    index: u64,
-    wait: Duration,
-) -> Result<(), ApiError> {
-    let mut updates = state.node.watch(key.as_bytes().to_vec(), index + 1)?;
-    let changed = async {
-        while let Some(update) = updates.next().await {
-            match update {
-                WatchUpdate::Compacted { .. } => return,
-                WatchUpdate::Events(events) => {
-                    if prefix || events.iter().any(|e| e.kv.key == key.as_bytes()) {
-                        return;
-                    }
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(wait, changed).await;
-    Ok(())
 }
 
 #[derive(Deserialize, Default)]
