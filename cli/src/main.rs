@@ -36,6 +36,8 @@ struct Cli {
 enum Command {
     /// Run a server: one member of the Raft group that holds the mesh's state.
     Server(cmd::server::ServerArgs),
+    /// Run the proxy alone from a static config file.
+    Proxy(cmd::proxy::ProxyArgs),
     /// Run a whole single-node mesh on this machine.
     Dev(cmd::dev::DevArgs),
     /// Create or update mesh resources from Istio YAML (files, directories, or -).
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         let client = || admin_client::AdminClient::new(&cli.server, cli.token.clone());
         match cli.command {
             Command::Server(args) => cmd::server::run(args).await,
+            Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Dev(args) => cmd::dev::run(args).await,
             Command::Validate(args) => cmd::config::validate(args).await,
             Command::Apply(args) => cmd::config::apply(&client()?, args).await,
@@ -91,8 +94,22 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: typed errors already name
+/// their cause, context added on the way up does not.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

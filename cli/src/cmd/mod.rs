@@ -1,6 +1,7 @@
 pub mod config;
 pub mod dev;
 pub mod operator;
+pub mod proxy;
 pub mod server;
 
 /// Logs to stderr, in a form journald keeps readable (no colours when not a terminal).
