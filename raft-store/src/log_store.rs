@@ -67,7 +67,9 @@ where
     F: FnOnce() -> Result<T, StorageError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await.io(StorageIOError::read)?
+    tokio::task::spawn_blocking(f)
+        .await
+        .io(StorageIOError::read)?
 }
 
 impl LogStore {
@@ -98,7 +100,11 @@ impl LogStore {
         self.unflushed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(db: &Database, key: &str, make: IoKind) -> Result<Option<T>, StorageError> {
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        db: &Database,
+        key: &str,
+        make: IoKind,
+    ) -> Result<Option<T>, StorageError> {
         let tx = db.begin_read().io(make)?;
         let table = tx.open_table(LOG_META).io(make)?;
         match table.get(key).io(make)? {
@@ -108,10 +114,20 @@ impl LogStore {
     }
 
     /// Queues a write and waits until it is on disk.
-    async fn write_and_wait(&self, make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Write, kind: IoKind) -> Result<(), StorageError> {
+    async fn write_and_wait(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Write,
+        kind: IoKind,
+    ) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
-        self.writer.send(make(tx)).map_err(|_| "the log writer stopped").io(kind)?;
-        rx.await.map_err(|_| "the log writer stopped").io(kind)?.io(kind)
+        self.writer
+            .send(make(tx))
+            .map_err(|_| "the log writer stopped")
+            .io(kind)?;
+        rx.await
+            .map_err(|_| "the log writer stopped")
+            .io(kind)?
+            .io(kind)
     }
 
     fn last_on_disk(db: &Database) -> Result<Option<LogId>, StorageError> {
@@ -140,7 +156,13 @@ fn write_loop(db: &Database, unflushed: &Mutex<Unflushed>, queue: &mpsc::Receive
         while let Ok(more) = queue.try_recv() {
             batch.push(more);
         }
+        let started = std::time::Instant::now();
         let result = commit(db, &batch).map_err(|e| e.to_string());
+        tracing::debug!(
+            writes = batch.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "log batch committed"
+        );
         let mut written: Vec<(u64, u64)> = Vec::new();
         for write in batch {
             match write {
@@ -173,17 +195,15 @@ fn write_loop(db: &Database, unflushed: &Mutex<Unflushed>, queue: &mpsc::Receive
 
 fn commit(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
     let mut tx = db.begin_write()?;
-    let durable = batch.iter().any(|w| {
-        !matches!(
-            w,
-            Write::Meta {
-                key: COMMITTED,
-                ..
-            }
-        )
-    });
-    tx.set_durability(if durable { Durability::Immediate } else { Durability::None })
-        .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
+    let durable = batch
+        .iter()
+        .any(|w| !matches!(w, Write::Meta { key: COMMITTED, .. }));
+    tx.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    })
+    .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
     {
         let mut log = tx.open_table(LOG)?;
         let mut meta = tx.open_table(LOG_META)?;
@@ -264,7 +284,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let db = self.db.clone();
         let (last_purged_log_id, on_disk) = blocking(move || {
-            let purged: Option<LogId> = Self::read_meta(&db, LAST_PURGED, StorageIOError::read_logs)?;
+            let purged: Option<LogId> =
+                Self::read_meta(&db, LAST_PURGED, StorageIOError::read_logs)?;
             Ok((purged, Self::last_on_disk(&db)?))
         })
         .await?;
@@ -317,10 +338,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let db = self.db.clone();
-        blocking(move || Ok(Self::read_meta::<Option<LogId>>(&db, COMMITTED, StorageIOError::read)?.flatten())).await
+        blocking(move || {
+            Ok(Self::read_meta::<Option<LogId>>(&db, COMMITTED, StorageIOError::read)?.flatten())
+        })
+        .await
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -81,6 +81,65 @@ struct Running {
     raft: Raft,
     view: StateView,
     log: LogStore,
+    /// Transactions waiting to be proposed; see [`run_batcher`].
+    writes: tokio::sync::mpsc::Sender<PendingWrite>,
+}
+
+/// Why the leader-side batcher could not commit a transaction.
+#[derive(Debug, Clone)]
+enum SubmitError {
+    /// This server is not the leader; the leader, when known.
+    Forward(Option<BasicNode>),
+    Failed(String),
+}
+
+type PendingWrite = (
+    Txn,
+    tokio::sync::oneshot::Sender<Result<CommandResult, SubmitError>>,
+);
+
+/// Batches proposed at once. openraft 0.9 fsyncs the leader's log once per proposal
+/// before it takes the next, so concurrent writers are gathered into one entry while
+/// earlier ones are in flight.
+const BATCHES_IN_FLIGHT: usize = 2;
+const MAX_BATCH: usize = 512;
+
+async fn run_batcher(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<PendingWrite>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (mut txns, waiters): (Vec<Txn>, Vec<_>) = batch.into_iter().unzip();
+            let command = if txns.len() == 1 {
+                Command::Txn(txns.remove(0))
+            } else {
+                Command::Batch(txns)
+            };
+            let answers: Vec<Result<CommandResult, SubmitError>> =
+                match raft.client_write(command).await {
+                    Ok(resp) if resp.data.batch.is_empty() => vec![Ok(resp.data)],
+                    Ok(resp) => resp.data.batch.into_iter().map(Ok).collect(),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        vec![Err(SubmitError::Forward(f.leader_node)); waiters.len()]
+                    }
+                    Err(e) => vec![Err(SubmitError::Failed(e.to_string())); waiters.len()],
+                };
+            for (waiter, answer) in waiters.into_iter().zip(answers) {
+                let _ = waiter.send(answer);
+            }
+        });
+    }
 }
 
 struct Inner {
@@ -233,7 +292,14 @@ impl StoreNode {
                     "this server was already started".into(),
                 ));
             }
-            *running = Some(Arc::new(Running { raft, view, log }));
+            let (writes, queue) = tokio::sync::mpsc::channel(4096);
+            tokio::spawn(run_batcher(raft.clone(), queue));
+            *running = Some(Arc::new(Running {
+                raft,
+                view,
+                log,
+                writes,
+            }));
         }
         let node = self.clone();
         tokio::spawn(async move { node.form_or_join().await });
@@ -812,50 +878,51 @@ impl StoreNode {
     }
 
     pub(crate) async fn write(&self, txn: Txn, forwarded: bool) -> Result<CommandResult, Error> {
-        let raft = self.raft()?;
+        let writes = self.running()?.writes.clone();
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let err = match raft.client_write(Command::Txn(txn.clone())).await {
-                Ok(resp) => return Ok(resp.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    match (forwarded, f.leader_node) {
-                        (false, Some(node)) => {
-                            let mut client =
-                                pb::kv_client::KvClient::new(self.inner.channels.get(&node.addr))
-                                    .max_decoding_message_size(usize::MAX)
-                                    .max_encoding_message_size(usize::MAX);
-                            let mut request = tonic::Request::new(crate::grpc::txn_to_pb(&txn));
-                            request.metadata_mut().insert(
-                                FORWARDED,
-                                tonic::metadata::MetadataValue::from_static("1"),
-                            );
-                            match client.txn(request).await {
-                                Ok(r) => {
-                                    let r = r.into_inner();
-                                    return Ok(CommandResult {
-                                        revision: r.revision,
-                                        succeeded: r.succeeded,
-                                        deleted: r.deleted,
-                                    });
-                                }
-                                // The leader refused for a reason of its own: pass it on.
-                                Err(s) if s.code() != tonic::Code::Unavailable => {
-                                    return Err(s.into());
-                                }
-                                Err(s) => s.message().to_string(),
-                            }
-                        }
-                        (true, _) => return Err(Error::NoLeader("leadership is moving".into())),
-                        (false, None) => "no leader elected".to_string(),
-                    }
-                }
-                Err(e) => e.to_string(),
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            if writes.send((txn.clone(), answer)).await.is_err() {
+                return Err(Error::NoLeader("this server is stopping".into()));
+            }
+            let err = match answered.await {
+                Ok(Ok(result)) => return Ok(result),
+                Ok(Err(SubmitError::Forward(leader))) => match (forwarded, leader) {
+                    (false, Some(node)) => match self.forward(&node.addr, &txn).await {
+                        Ok(result) => return Ok(result),
+                        // The leader refused for a reason of its own: pass it on.
+                        Err(s) if s.code() != tonic::Code::Unavailable => return Err(s.into()),
+                        Err(s) => s.message().to_string(),
+                    },
+                    (true, _) => return Err(Error::NoLeader("leadership is moving".into())),
+                    (false, None) => "no leader elected".to_string(),
+                },
+                Ok(Err(SubmitError::Failed(e))) => e,
+                Err(_) => "this server is stopping".to_string(),
             };
             if Instant::now() >= deadline {
                 return Err(Error::NoLeader(err));
             }
             sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Sends a transaction to the leader, marked so it is never forwarded again.
+    async fn forward(&self, leader: &str, txn: &Txn) -> Result<CommandResult, tonic::Status> {
+        let mut client = pb::kv_client::KvClient::new(self.inner.channels.get(leader))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let mut request = tonic::Request::new(crate::grpc::txn_to_pb(txn));
+        request
+            .metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        let r = client.txn(request).await?.into_inner();
+        Ok(CommandResult {
+            revision: r.revision,
+            succeeded: r.succeeded,
+            deleted: r.deleted,
+            batch: Vec::new(),
+        })
     }
 
     pub async fn put(

@@ -293,6 +293,34 @@ impl StateMachine {
     }
 }
 
+/// Keeps the events of one log entry for watchers, numbered in the order they happened.
+fn record_history(
+    tx: &WriteTransaction,
+    revision: u64,
+    events: &[Event],
+) -> Result<(), StorageError> {
+    let err: IoKind = StorageIOError::write_state_machine;
+    let mut history = tx.open_table(HISTORY).io(err)?;
+    for (seq, event) in events.iter().enumerate() {
+        let seq = u32::try_from(seq).io(err)?;
+        history
+            .insert((revision, seq), encode(event).io(err)?.as_slice())
+            .io(err)?;
+    }
+    Ok(())
+}
+
+/// A transaction's result carries the store's revision after it; the store moves to
+/// the transaction's revision when it wrote anything.
+fn settle(mut result: CommandResult, revision: &mut u64) -> CommandResult {
+    if result.revision != 0 {
+        *revision = result.revision;
+    } else {
+        result.revision = *revision;
+    }
+    result
+}
+
 /// Applies one transaction at `revision`, appending its events to `events`.
 fn apply_txn(
     tx: &WriteTransaction,
@@ -369,6 +397,7 @@ fn apply_txn(
         revision: if wrote { revision } else { 0 },
         succeeded,
         deleted,
+        batch: Vec::new(),
     })
 }
 
@@ -424,6 +453,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             Durability::None
         };
+        let count = entries.len();
+        let started = std::time::Instant::now();
         let (results, events, revision) = blocking(move || {
             let err: IoKind = StorageIOError::write_state_machine;
             let mut tx = db.begin_write().io(err)?;
@@ -438,7 +469,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Blank => CommandResult {
                         revision,
                         succeeded: true,
-                        deleted: 0,
+                        ..CommandResult::default()
                     },
                     EntryPayload::Membership(m) => {
                         let stored = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -446,7 +477,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         CommandResult {
                             revision,
                             succeeded: true,
-                            deleted: 0,
+                            ..CommandResult::default()
                         }
                     }
                     EntryPayload::Normal(Command::SetClusterId(id)) => {
@@ -457,30 +488,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         CommandResult {
                             revision,
                             succeeded: current.is_empty() || current == *id,
-                            deleted: 0,
+                            ..CommandResult::default()
                         }
                     }
                     EntryPayload::Normal(Command::Txn(txn)) => {
-                        let before = events.len();
-                        let mut result = apply_txn(&tx, txn, entry.log_id.index, &mut events)?;
-                        {
-                            let mut history = tx.open_table(HISTORY).io(err)?;
-                            for (seq, event) in events[before..].iter().enumerate() {
-                                let seq = u32::try_from(seq).io(err)?;
-                                history
-                                    .insert(
-                                        (entry.log_id.index, seq),
-                                        encode(event).io(err)?.as_slice(),
-                                    )
-                                    .io(err)?;
-                            }
+                        let first_event = events.len();
+                        let result = apply_txn(&tx, txn, entry.log_id.index, &mut events)?;
+                        record_history(&tx, entry.log_id.index, &events[first_event..])?;
+                        settle(result, &mut revision)
+                    }
+                    EntryPayload::Normal(Command::Batch(txns)) => {
+                        let first_event = events.len();
+                        let mut each = Vec::with_capacity(txns.len());
+                        for txn in txns {
+                            let result = apply_txn(&tx, txn, entry.log_id.index, &mut events)?;
+                            each.push(settle(result, &mut revision));
                         }
-                        if result.revision != 0 {
-                            revision = result.revision;
-                        } else {
-                            result.revision = revision;
+                        record_history(&tx, entry.log_id.index, &events[first_event..])?;
+                        CommandResult {
+                            revision,
+                            succeeded: each.iter().all(|r| r.succeeded),
+                            deleted: each.iter().map(|r| r.deleted).sum(),
+                            batch: each,
                         }
-                        result
                     }
                 };
                 results.push(result);
@@ -492,6 +522,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok((results, events, revision))
         })
         .await?;
+        tracing::debug!(
+            entries = count,
+            micros = started.elapsed().as_micros() as u64,
+            "applied"
+        );
         self.hub.publish(events, revision);
         Ok(results)
     }

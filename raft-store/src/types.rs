@@ -30,6 +30,9 @@ pub type Snapshot = openraft::Snapshot<TypeConfig>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Txn(Txn),
+    /// Transactions that reached the leader together, applied in order in one entry.
+    /// They share the entry's revision, as the events of one transaction do.
+    Batch(Vec<Txn>),
     /// Written once by the server that forms the cluster, so every member (and every
     /// data dir) can tell which cluster it belongs to.
     SetClusterId(String),
@@ -95,6 +98,9 @@ pub struct CommandResult {
     pub revision: u64,
     pub succeeded: bool,
     pub deleted: u64,
+    /// For a batch: each transaction's own result, in order.
+    #[serde(default)]
+    pub batch: Vec<CommandResult>,
 }
 
 /// A key's value with its revisions, as etcd keeps them.

@@ -368,3 +368,41 @@ async fn a_watch_below_the_kept_history_is_told_to_relist() {
         s.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_of_one_key_let_exactly_one_win() {
+    let cluster = Cluster::new(defaults);
+    let servers = cluster.start_three().await;
+    let mut attempts = Vec::new();
+    for i in 0..60 {
+        let node = servers[i % 3].node.clone();
+        attempts.push(tokio::spawn(async move {
+            node.txn(Txn {
+                compare: vec![trellis_raft_store::Compare {
+                    key: b"leader-lock".to_vec(),
+                    mod_revision: 0,
+                }],
+                success: vec![trellis_raft_store::Op::Put {
+                    key: b"leader-lock".to_vec(),
+                    value: format!("{i}").into_bytes(),
+                }],
+                failure: vec![],
+            })
+            .await
+            .expect("txn answered")
+        }));
+    }
+    let mut winners = Vec::new();
+    for (i, a) in attempts.into_iter().enumerate() {
+        if a.await.unwrap().succeeded {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create may win: {winners:?}");
+    let kv = servers[0].node.get(b"leader-lock").await.unwrap().unwrap();
+    assert_eq!(kv.value, winners[0].to_string().into_bytes());
+    assert_eq!(kv.version, 1);
+    for s in servers {
+        s.stop().await;
+    }
+}
