@@ -12,6 +12,21 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn defaults(_: &mut trellis_raft_store::NodeConfig) {}
 
+/// Puts `value` at `key` only if the key's mod revision is `expected` (0: absent).
+fn put_if(key: &[u8], expected: u64, value: &[u8]) -> Txn {
+    Txn {
+        compare: vec![trellis_raft_store::Compare {
+            key: key.to_vec(),
+            mod_revision: expected,
+        }],
+        success: vec![trellis_raft_store::Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        }],
+        failure: vec![],
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_on_any_server_replicate_to_all() {
     let cluster = Cluster::new(defaults);
@@ -58,52 +73,16 @@ async fn compare_and_swap_commits_only_on_the_expected_revision() {
     let cluster = Cluster::new(defaults);
     let servers = cluster.start_three().await;
     let node = &servers[1].node;
-    let created = node
-        .txn(Txn {
-            compare: vec![trellis_raft_store::Compare {
-                key: b"lock".to_vec(),
-                mod_revision: 0,
-            }],
-            success: vec![trellis_raft_store::Op::Put {
-                key: b"lock".to_vec(),
-                value: b"a".to_vec(),
-            }],
-            failure: vec![],
-        })
-        .await
-        .unwrap();
+    let created = node.txn(put_if(b"lock", 0, b"a")).await.unwrap();
     assert!(created.succeeded);
-    let stale = node
-        .txn(Txn {
-            compare: vec![trellis_raft_store::Compare {
-                key: b"lock".to_vec(),
-                mod_revision: 0,
-            }],
-            success: vec![trellis_raft_store::Op::Put {
-                key: b"lock".to_vec(),
-                value: b"b".to_vec(),
-            }],
-            failure: vec![],
-        })
-        .await
-        .unwrap();
+    let stale = node.txn(put_if(b"lock", 0, b"b")).await.unwrap();
     assert!(
         !stale.succeeded,
         "a create-if-absent on an existing key must fail"
     );
     assert_eq!(node.get(b"lock").await.unwrap().unwrap().value, b"a");
     let swapped = node
-        .txn(Txn {
-            compare: vec![trellis_raft_store::Compare {
-                key: b"lock".to_vec(),
-                mod_revision: created.revision,
-            }],
-            success: vec![trellis_raft_store::Op::Put {
-                key: b"lock".to_vec(),
-                value: b"c".to_vec(),
-            }],
-            failure: vec![],
-        })
+        .txn(put_if(b"lock", created.revision, b"c"))
         .await
         .unwrap();
     assert!(swapped.succeeded);
@@ -377,19 +356,9 @@ async fn concurrent_creates_of_one_key_let_exactly_one_win() {
     for i in 0..60 {
         let node = servers[i % 3].node.clone();
         attempts.push(tokio::spawn(async move {
-            node.txn(Txn {
-                compare: vec![trellis_raft_store::Compare {
-                    key: b"leader-lock".to_vec(),
-                    mod_revision: 0,
-                }],
-                success: vec![trellis_raft_store::Op::Put {
-                    key: b"leader-lock".to_vec(),
-                    value: format!("{i}").into_bytes(),
-                }],
-                failure: vec![],
-            })
-            .await
-            .expect("txn answered")
+            node.txn(put_if(b"leader-lock", 0, &format!("{i}").into_bytes()))
+                .await
+                .expect("txn answered")
         }));
     }
     let mut winners = Vec::new();

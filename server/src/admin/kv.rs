@@ -118,20 +118,7 @@ pub async fn put(
         key: key.clone().into_bytes(),
         value: body.to_vec(),
     };
-    let txn = Txn {
-        compare: q
-            .cas
-            .map(|rev| Compare {
-                key: key.into_bytes(),
-                mod_revision: rev,
-            })
-            .into_iter()
-            .collect(),
-        success: vec![op],
-        failure: vec![],
-    };
-    let result = state.node.txn(txn).await?;
-    Ok(with_index(result.revision, Json(result.succeeded)))
+    write(&state, key, q.cas, op).await
 }
 
 /// `DELETE /v1/kv/KEY[?recurse][&cas=N]`.
@@ -149,9 +136,19 @@ pub async fn delete(
             key: key.clone().into_bytes(),
         }
     };
+    write(&state, key, q.cas, op).await
+}
+
+/// Runs one operation, guarded by `cas` on `key` when given; answers `true` or `false`
+/// as Consul does.
+async fn write(
+    state: &AppState,
+    key: String,
+    cas: Option<u64>,
+    op: Op,
+) -> Result<Response, ApiError> {
     let txn = Txn {
-        compare: q
-            .cas
+        compare: cas
             .map(|rev| Compare {
                 key: key.into_bytes(),
                 mod_revision: rev,
