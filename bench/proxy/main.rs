@@ -1,0 +1,667 @@
+//! bench-proxy: one nginx upstream reached directly, through one and two Trellis proxies,
+//! and through one and two HAProxy processes, all on loopback in one run. Measures latency
+//! at fixed open-loop rates (oha, with latency correction), closed-loop maximum throughput
+//! (wrk), the proxies' CPU per 1,000 requests and their peak RSS, and prints one table per
+//! metric group.
+#![forbid(unsafe_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Trellis's proxy against direct connections and HAProxy, side by side")]
+struct Args {
+    /// The trellis binary (default: the one built beside this benchmark).
+    #[arg(long)]
+    trellis: Option<PathBuf>,
+    #[arg(long, default_value = "nginx")]
+    nginx: PathBuf,
+    #[arg(long, default_value = "haproxy")]
+    haproxy: PathBuf,
+    /// Open-loop load generator (cargo install oha).
+    #[arg(long, default_value = "oha")]
+    oha: PathBuf,
+    /// Closed-loop load generator (Debian: apt-get install wrk).
+    #[arg(long, default_value = "wrk")]
+    wrk: PathBuf,
+    /// Open-loop rates, requests per second.
+    #[arg(long, value_delimiter = ',', default_value = "1000,2000,5000")]
+    rates: Vec<u32>,
+    /// Seconds of each open-loop and closed-loop run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Connections of every run.
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+    /// Where configs and logs go (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Child processes, stopped (SIGTERM, then SIGKILL after 2 s) when dropped.
+#[derive(Default)]
+struct Processes(Vec<Child>);
+
+impl Processes {
+    fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for c in &mut self.0 {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+fn wait_port(port: u16, procs: &mut Processes, log: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        for c in &mut procs.0 {
+            if let Ok(Some(st)) = c.try_wait() {
+                bail!("a process exited ({st}); see {}", log.display());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("nothing listens on {port} after 20s; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn start_nginx(bin: &Path, dir: &Path, port: u16) -> anyhow::Result<Processes> {
+    let d = dir.display();
+    let conf = format!(
+        "user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/nginx-body;
+    proxy_temp_path {d}/nginx-proxy;
+    fastcgi_temp_path {d}/nginx-fastcgi;
+    uwsgi_temp_path {d}/nginx-uwsgi;
+    scgi_temp_path {d}/nginx-scgi;
+    keepalive_timeout 75s;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type text/plain;
+            return 200 \"hello from nginx\\n\";
+        }}
+    }}
+}}
+"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let log = dir.join("nginx.log");
+    let mut procs = Processes::default();
+    procs.0.push(spawn(
+        bin,
+        &[
+            "-p".into(),
+            dir.display().to_string(),
+            "-c".into(),
+            path.display().to_string(),
+            "-g".into(),
+            "daemon off;".into(),
+        ],
+        &log,
+    )?);
+    wait_port(port, &mut procs, &log)?;
+    Ok(procs)
+}
+
+/// One `trellis proxy`: `upstream` is `Some((bind, endpoint))` for a client-side upstream
+/// listener, `inbound` is `Some((bind, workload))` for a server-side inbound listener.
+fn start_trellis(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    upstream: Option<(u16, u16)>,
+    inbound: Option<(u16, u16)>,
+    procs: &mut Processes,
+) -> anyhow::Result<u16> {
+    let admin = free_port()?;
+    let mut yaml = format!(
+        "node: {{name: {name}, namespace: default}}\ndrainTimeout: 1s\nlisteners:\n  admin: {{bind: \"127.0.0.1:{admin}\"}}\n"
+    );
+    let mut services =
+        String::from("services:\n  - name: web\n    ports: [{number: 80, protocol: HTTP}]\n");
+    let mut port = 0;
+    if let Some((bind, workload)) = inbound {
+        yaml += &format!(
+            "  inbound: {{bind: \"127.0.0.1:{bind}\", service: web, address: \"127.0.0.1:{workload}\", protocol: HTTP}}\n"
+        );
+        port = bind;
+    }
+    if let Some((bind, endpoint)) = upstream {
+        yaml += &format!(
+            "  upstreams:\n    - {{name: web, bind: \"127.0.0.1:{bind}\", service: web, port: 80}}\n"
+        );
+        services += &format!("    endpoints:\n      - {{address: 127.0.0.1, port: {endpoint}}}\n");
+        port = bind;
+    }
+    yaml += &services;
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml)?;
+    let log = dir.join(format!("{name}.log"));
+    procs.0.push(spawn(
+        bin,
+        &[
+            "proxy".into(),
+            "--config".into(),
+            path.display().to_string(),
+        ],
+        &log,
+    )?);
+    wait_port(port, procs, &log)?;
+    Ok(port)
+}
+
+/// One `haproxy` process: an HTTP frontend on `bind` with keep-alive to `to`.
+fn start_haproxy(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    bind: u16,
+    to: u16,
+    procs: &mut Processes,
+) -> anyhow::Result<()> {
+    let cfg = format!(
+        "global
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend fe
+    bind 127.0.0.1:{bind}
+    default_backend be
+backend be
+    http-reuse always
+    server s1 127.0.0.1:{to}
+"
+    );
+    let path = dir.join(format!("{name}.cfg"));
+    std::fs::write(&path, cfg)?;
+    let log = dir.join(format!("{name}.log"));
+    procs.0.push(spawn(
+        bin,
+        &["-f".into(), path.display().to_string(), "-db".into()],
+        &log,
+    )?);
+    wait_port(bind, procs, &log)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32, tick: f64) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(14) + ticks(15)) / tick
+}
+
+/// VmHWM of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct OpenLoop {
+    achieved: f64,
+    errors: u64,
+    /// p50, p90, p99, p99.9 in milliseconds.
+    pct: [f64; 4],
+    cpu_per_1k: f64,
+}
+
+fn run_oha(args: &Args, port: u16, rate: u32) -> anyhow::Result<(f64, u64, u64, [f64; 4])> {
+    let out = Command::new(&args.oha)
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "-z",
+            &format!("{}s", args.seconds),
+            "-q",
+            &rate.to_string(),
+            "--latency-correction",
+            // Requests in flight at the deadline finish instead of counting as errors.
+            "-w",
+            "-c",
+            &args.connections.to_string(),
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", args.oha.display()))?;
+    if !out.status.success() {
+        bail!("oha failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("oha's JSON")?;
+    let ms = |k: &str| v["latencyPercentiles"][k].as_f64().unwrap_or(f64::NAN) * 1000.0;
+    let pct = [ms("p50"), ms("p90"), ms("p99"), ms("p99.9")];
+    let mut ok = 0;
+    let mut bad = 0;
+    if let Some(codes) = v["statusCodeDistribution"].as_object() {
+        for (code, n) in codes {
+            let n = n.as_u64().unwrap_or(0);
+            if code.starts_with('2') {
+                ok += n;
+            } else {
+                bad += n;
+            }
+        }
+    }
+    if let Some(errs) = v["errorDistribution"].as_object()
+        && !errs.is_empty()
+    {
+        bad += errs.values().filter_map(|n| n.as_u64()).sum::<u64>();
+        eprintln!("oha errors on port {port} at {rate} rps: {errs:?}");
+    }
+    let rps = v["summary"]["requestsPerSec"].as_f64().unwrap_or(f64::NAN);
+    Ok((rps, ok, bad, pct))
+}
+
+struct ClosedLoop {
+    rps: f64,
+    p99_ms: f64,
+    cpu_per_1k: f64,
+}
+
+fn run_wrk(args: &Args, port: u16) -> anyhow::Result<(f64, f64, u64)> {
+    let out = Command::new(&args.wrk)
+        .args([
+            "-t",
+            "1",
+            "-c",
+            &args.connections.to_string(),
+            "-d",
+            &format!("{}s", args.seconds),
+            "--latency",
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", args.wrk.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("no Requests/sec in wrk's output")?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map_or(f64::NAN, |v| wrk_duration_ms(v.trim()));
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!("wrk on port {port} saw errors:\n{text}");
+    }
+    Ok((rps, p99, requests))
+}
+
+/// `812.00us`, `1.23ms`, `2.00s` → milliseconds.
+fn wrk_duration_ms(v: &str) -> f64 {
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+struct ChainResult {
+    name: &'static str,
+    open: Vec<OpenLoop>,
+    closed: ClosedLoop,
+    /// Largest VmHWM among the chain's proxies after the 1,000 rps run (or the first rate).
+    peak_rss_mib: f64,
+    proxies: usize,
+}
+
+fn measure(
+    args: &Args,
+    name: &'static str,
+    port: u16,
+    procs: &Processes,
+    tick: f64,
+) -> anyhow::Result<ChainResult> {
+    let pids = procs.pids();
+    let cpu = || pids.iter().map(|&p| cpu_seconds(p, tick)).sum::<f64>();
+    // Warm up: connections, pools, allocator, at the lowest rate for one second.
+    let _ = Command::new(&args.oha)
+        .args([
+            "--no-tui",
+            "-z",
+            "1s",
+            "-q",
+            &args.rates.first().copied().unwrap_or(1000).to_string(),
+            "-c",
+            &args.connections.to_string(),
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let mut open = Vec::new();
+    let mut peak = None;
+    for &rate in &args.rates {
+        let before = cpu();
+        let (achieved, requests, errors, pct) = run_oha(args, port, rate)?;
+        let used = cpu() - before;
+        eprintln!(
+            "{name:<12} {rate:>5} rps: achieved {achieved:.0}, p99 {:.3} ms, {errors} errors",
+            pct[2]
+        );
+        open.push(OpenLoop {
+            achieved,
+            errors,
+            pct,
+            cpu_per_1k: per_1k(used, requests),
+        });
+        if peak.is_none() {
+            peak = Some(pids.iter().map(|&p| peak_rss_mib(p)).fold(0.0, f64::max));
+        }
+    }
+    let before = cpu();
+    let (rps, p99_ms, requests) = run_wrk(args, port)?;
+    let used = cpu() - before;
+    eprintln!("{name:<12} closed loop: {rps:.0} rps, p99 {p99_ms:.3} ms");
+    Ok(ChainResult {
+        name,
+        open,
+        closed: ClosedLoop {
+            rps,
+            p99_ms,
+            cpu_per_1k: per_1k(used, requests),
+        },
+        peak_rss_mib: peak.unwrap_or(0.0),
+        proxies: pids.len(),
+    })
+}
+
+fn per_1k(cpu: f64, requests: u64) -> f64 {
+    if requests == 0 {
+        f64::NAN
+    } else {
+        cpu * 1000.0 / requests as f64
+    }
+}
+
+fn version(bin: &Path, arg: &str) -> String {
+    Command::new(bin)
+        .arg(arg)
+        .output()
+        .ok()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).to_string();
+            s += &String::from_utf8_lossy(&o.stderr);
+            s.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let trellis = match &args.trellis {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no parent dir")?
+            .join("trellis"),
+    };
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let tick = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    eprintln!(
+        "{} · {} · {}",
+        version(&args.nginx, "-v"),
+        version(&args.haproxy, "-v"),
+        version(&args.oha, "--version")
+    );
+
+    let nginx_port = free_port()?;
+    let _nginx = start_nginx(&args.nginx, &dir, nginx_port)?;
+    let mut results = Vec::new();
+
+    results.push(measure(
+        &args,
+        "direct",
+        nginx_port,
+        &Processes::default(),
+        tick,
+    )?);
+    {
+        let mut p = Processes::default();
+        let port = start_trellis(
+            &trellis,
+            &dir,
+            "trellis1",
+            Some((free_port()?, nginx_port)),
+            None,
+            &mut p,
+        )?;
+        results.push(measure(&args, "trellis x1", port, &p, tick)?);
+    }
+    {
+        let mut p = Processes::default();
+        let inbound = start_trellis(
+            &trellis,
+            &dir,
+            "trellis2-server",
+            None,
+            Some((free_port()?, nginx_port)),
+            &mut p,
+        )?;
+        let port = start_trellis(
+            &trellis,
+            &dir,
+            "trellis2-client",
+            Some((free_port()?, inbound)),
+            None,
+            &mut p,
+        )?;
+        results.push(measure(&args, "trellis x2", port, &p, tick)?);
+    }
+    {
+        let mut p = Processes::default();
+        let port = free_port()?;
+        start_haproxy(&args.haproxy, &dir, "haproxy1", port, nginx_port, &mut p)?;
+        results.push(measure(&args, "haproxy x1", port, &p, tick)?);
+    }
+    {
+        let mut p = Processes::default();
+        let server = free_port()?;
+        start_haproxy(
+            &args.haproxy,
+            &dir,
+            "haproxy2-server",
+            server,
+            nginx_port,
+            &mut p,
+        )?;
+        let port = free_port()?;
+        start_haproxy(&args.haproxy, &dir, "haproxy2-client", port, server, &mut p)?;
+        results.push(measure(&args, "haproxy x2", port, &p, tick)?);
+    }
+
+    print_tables(&args, &results);
+    Ok(())
+}
+
+fn print_tables(args: &Args, results: &[ChainResult]) {
+    let direct = &results[0];
+    println!(
+        "\n### Open loop (oha, {} connections, {} s per rate, latency-corrected), ms\n",
+        args.connections, args.seconds
+    );
+    println!(
+        "| chain      |  rate | achieved | errors |    p50 |    p90 |    p99 |  p99.9 | +p50 | +p99 |"
+    );
+    println!(
+        "|------------|-------|----------|--------|--------|--------|--------|--------|------|------|"
+    );
+    for (i, &rate) in args.rates.iter().enumerate() {
+        for r in results {
+            let o = &r.open[i];
+            let d = &direct.open[i];
+            let added = |k: usize| {
+                if std::ptr::eq(r, direct) {
+                    "—".to_string()
+                } else {
+                    format!("{:+.3}", o.pct[k] - d.pct[k])
+                }
+            };
+            println!(
+                "| {:<10} | {:>5} | {:>8.0} | {:>6} | {:>6.3} | {:>6.3} | {:>6.3} | {:>6.3} | {} | {} |",
+                r.name,
+                rate,
+                o.achieved,
+                o.errors,
+                o.pct[0],
+                o.pct[1],
+                o.pct[2],
+                o.pct[3],
+                added(0),
+                added(2)
+            );
+        }
+    }
+    println!(
+        "\n### Closed loop max throughput (wrk, 1 thread, {} connections, {} s)\n",
+        args.connections, args.seconds
+    );
+    println!("| chain      |  req/s | vs direct | p99 ms |");
+    println!("|------------|--------|-----------|--------|");
+    for r in results {
+        println!(
+            "| {:<10} | {:>6.0} | {:>7.0} % | {:>6.3} |",
+            r.name,
+            r.closed.rps,
+            100.0 * r.closed.rps / direct.closed.rps,
+            r.closed.p99_ms
+        );
+    }
+    println!(
+        "\n### Proxy CPU seconds per 1,000 requests (all proxies of the chain) and peak RSS\n"
+    );
+    let rates: Vec<String> = args.rates.iter().map(|r| format!("{r} rps")).collect();
+    println!(
+        "| chain      | proxies | {} | closed loop | peak RSS MiB at {} rps (largest proxy) |",
+        rates.join(" | "),
+        args.rates.first().copied().unwrap_or(0)
+    );
+    println!(
+        "|------------|---------|{}|-------------|------|",
+        rates.iter().map(|_| "------").collect::<Vec<_>>().join("|")
+    );
+    for r in results.iter().filter(|r| r.proxies > 0) {
+        let cpu: Vec<String> = r
+            .open
+            .iter()
+            .map(|o| format!("{:.3}", o.cpu_per_1k))
+            .collect();
+        println!(
+            "| {:<10} | {:>7} | {} | {:>11.3} | {:.1} |",
+            r.name,
+            r.proxies,
+            cpu.join(" | "),
+            r.closed.cpu_per_1k,
+            r.peak_rss_mib
+        );
+    }
+}
