@@ -60,6 +60,9 @@ pub struct LogStore {
     unflushed: Arc<Mutex<Unflushed>>,
     seq: Arc<AtomicU64>,
     writer: mpsc::Sender<Write>,
+    /// The newest committed log id not yet written; it rides along with the next write
+    /// rather than costing a transaction of its own.
+    committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 async fn blocking<T, F>(f: F) -> Result<T, StorageError>
@@ -79,13 +82,15 @@ impl LogStore {
         tx.open_table(LOG_META)?;
         tx.commit()?;
         let unflushed = Arc::new(Mutex::new(Unflushed::new()));
+        let committed = Arc::new(Mutex::new(None));
         let (writer, queue) = mpsc::channel();
         {
             let db = db.clone();
             let unflushed = unflushed.clone();
+            let committed = committed.clone();
             std::thread::Builder::new()
                 .name("raft-log-writer".into())
-                .spawn(move || write_loop(&db, &unflushed, &queue))
+                .spawn(move || write_loop(&db, &unflushed, &committed, &queue))
                 .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
         }
         Ok(LogStore {
@@ -93,6 +98,7 @@ impl LogStore {
             unflushed,
             seq: Arc::new(AtomicU64::new(1)),
             writer,
+            committed,
         })
     }
 
@@ -150,11 +156,23 @@ impl LogStore {
 }
 
 /// Takes every queued write, commits them in one transaction, then answers each.
-fn write_loop(db: &Database, unflushed: &Mutex<Unflushed>, queue: &mpsc::Receiver<Write>) {
+fn write_loop(
+    db: &Database,
+    unflushed: &Mutex<Unflushed>,
+    committed: &Mutex<Option<Vec<u8>>>,
+    queue: &mpsc::Receiver<Write>,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while let Ok(more) = queue.try_recv() {
             batch.push(more);
+        }
+        if let Some(value) = committed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            batch.push(Write::Meta {
+                key: COMMITTED,
+                value,
+                done: None,
+            });
         }
         let started = std::time::Instant::now();
         let result = commit(db, &batch).map_err(|e| e.to_string());
@@ -322,18 +340,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not waited for, and not fsynced on its own: a committed index lost in a crash
-        // only means a restart re-applies fewer entries itself and learns the rest from
-        // the leader.
+        // Written with the next log write, never on its own: a committed index lost in a
+        // crash only means a restart re-applies fewer entries itself and learns the rest
+        // from the leader.
         let value = encode(&committed).io(StorageIOError::write)?;
-        self.writer
-            .send(Write::Meta {
-                key: COMMITTED,
-                value,
-                done: None,
-            })
-            .map_err(|_| "the log writer stopped")
-            .io(StorageIOError::write)
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
