@@ -2,30 +2,14 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use common::*;
-use http::Response;
-use http_body_util::Full;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 #[tokio::test]
 async fn drain_finishes_in_flight_requests_and_stops_accepting() {
-    let release = Arc::new(Notify::new());
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let (rel, arr) = (release.clone(), arrived.clone());
-    let slow = serve_http(Arc::new(move |_req| {
-        let rel = rel.clone();
-        arr.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            rel.notified().await;
-            Response::new(Full::new(Bytes::from("finished")))
-        })
-    }))
-    .await;
+    let (slow, release, arrived) = serve_held("finished").await;
     let yaml = format!(
         r#"
 drainTimeout: 30s

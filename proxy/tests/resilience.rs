@@ -11,7 +11,6 @@ use bytes::Bytes;
 use common::*;
 use http::Response;
 use http_body_util::Full;
-use tokio::sync::Notify;
 
 fn one_service(endpoints: &[u16], extra: &str) -> String {
     let eps: Vec<String> = endpoints
@@ -223,18 +222,7 @@ async fn ejected_endpoint_gets_no_traffic_until_its_ejection_ends() {
 
 #[tokio::test]
 async fn exceeding_http2_max_requests_is_503_uo() {
-    let release = Arc::new(Notify::new());
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let (rel, arr) = (release.clone(), arrived.clone());
-    let slow = serve_http(Arc::new(move |_req| {
-        let rel = rel.clone();
-        arr.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            rel.notified().await;
-            Response::new(Full::new(Bytes::from("slow")))
-        })
-    }))
-    .await;
+    let (slow, release, arrived) = serve_held("slow").await;
     let extra = dr("        connectionPool: {http: {http2MaxRequests: 1}}\n");
     let proxy = start_proxy(&one_service(&[slow.port()], &extra)).await;
     let a = addr(&proxy, "svc");
@@ -257,18 +245,7 @@ async fn exceeding_http2_max_requests_is_503_uo() {
 
 #[tokio::test]
 async fn exceeding_max_connections_is_503_uo() {
-    let release = Arc::new(Notify::new());
-    let arrived = Arc::new(AtomicUsize::new(0));
-    let (rel, arr) = (release.clone(), arrived.clone());
-    let slow = serve_http(Arc::new(move |_req| {
-        let rel = rel.clone();
-        arr.fetch_add(1, Ordering::SeqCst);
-        Box::pin(async move {
-            rel.notified().await;
-            Response::new(Full::new(Bytes::from("slow")))
-        })
-    }))
-    .await;
+    let (slow, release, arrived) = serve_held("slow").await;
     let extra = vs(r#"        - retries: {attempts: 0}
           route: [{destination: {host: svc}}]
 "#) + &dr("        connectionPool: {tcp: {maxConnections: 1}}\n");

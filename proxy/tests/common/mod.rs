@@ -52,6 +52,26 @@ pub type Handler = Arc<
 >;
 
 /// An HTTP/1.1 + HTTP/2 (prior knowledge) server running `handler`, with upgrades.
+/// An upstream that holds every request until the test releases it: its address, the
+/// release (one `notify_one` per request) and how many requests have arrived.
+pub async fn serve_held(
+    body: &'static str,
+) -> (SocketAddr, Arc<tokio::sync::Notify>, Arc<AtomicUsize>) {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let (rel, arr) = (release.clone(), arrived.clone());
+    let addr = serve_http(Arc::new(move |_req| {
+        let rel = rel.clone();
+        arr.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            rel.notified().await;
+            Response::new(Full::new(Bytes::from(body)))
+        })
+    }))
+    .await;
+    (addr, release, arrived)
+}
+
 pub async fn serve_http(handler: Handler) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
