@@ -41,6 +41,9 @@ struct Args {
     /// Where the data dirs go (default: a temporary directory under /var/tmp, on disk).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Keep the data dirs and server logs after the run (their path is printed).
+    #[arg(long)]
+    keep: bool,
 }
 
 struct Processes(Vec<Child>);
@@ -326,6 +329,9 @@ async fn main() -> anyhow::Result<()> {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir_in("/var/tmp")?,
     };
+    if args.keep {
+        eprintln!("keeping data dirs and logs in {}", base.path().display());
+    }
     let mut rows = Vec::new();
     for (system, name) in [(System::Trellis, "trellis"), (System::Etcd, "etcd 3.4")] {
         let dir = base.path().join(name.replace(' ', "-"));
@@ -400,6 +406,9 @@ async fn main() -> anyhow::Result<()> {
             ms(o.latency.value_at_quantile(0.999)),
             ms(o.latency.max()),
         );
+    }
+    if args.keep {
+        let _ = base.keep();
     }
     Ok(())
 }
