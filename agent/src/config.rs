@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::error::AgentConfigError;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AgentConfig {
     /// This node's name in the mesh (default: the host name).
@@ -20,6 +20,27 @@ pub struct AgentConfig {
     pub servers: Vec<String>,
     #[serde(default)]
     pub services: Vec<LocalService>,
+    /// The address other nodes reach this node's services at (default 127.0.0.1).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// `region/zone/subzone`, for locality-aware load balancing.
+    #[serde(default)]
+    pub locality: String,
+    /// The node's proxy: its listeners (as `trellis proxy --config` writes them), limits
+    /// and drain timeout. Without it the proxy runs an admin listener only.
+    #[serde(default)]
+    pub proxy: AgentProxyConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentProxyConfig {
+    #[serde(default)]
+    pub listeners: trellis_proxy::config::file::ListenersConfig,
+    #[serde(default)]
+    pub limits: trellis_proxy::config::file::LimitsConfig,
+    #[serde(default)]
+    pub drain_timeout: Option<trellis_api::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -202,10 +223,14 @@ impl AgentConfig {
                     ),
                 ));
             }
-            if !seen.insert((s.namespace.clone(), s.name.clone())) {
+            // Several instances of one service may run on a node, on different ports.
+            if !seen.insert((s.namespace.clone(), s.name.clone(), s.port)) {
                 return Err((
-                    at("name"),
-                    format!("{}/{} is declared twice", s.namespace, s.name),
+                    at("port"),
+                    format!(
+                        "{}/{} on port {} is declared twice",
+                        s.namespace, s.name, s.port
+                    ),
                 ));
             }
             for (j, c) in s.checks.iter().enumerate() {

@@ -1,4 +1,5 @@
-//! Errors in an agent's config file: each names the file and the field.
+//! The agent's errors: a bad config file names the file and the field; the rest name what
+//! the agent could not do.
 
 use std::path::PathBuf;
 
@@ -16,4 +17,19 @@ pub enum AgentConfigError {
         field: String,
         message: String,
     },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] AgentConfigError),
+
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("no config from any server (and none cached) within {0:?}")]
+    NoConfig(std::time::Duration),
 }

@@ -6,6 +6,7 @@
 //! names the document and the field path, and checks them with Istio's own validation rules.
 #![forbid(unsafe_code)]
 
+pub mod discovery;
 pub mod document;
 pub mod duration;
 pub mod error;

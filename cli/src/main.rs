@@ -15,14 +15,10 @@ use clap::{Parser, Subcommand};
     about = "A service mesh for VMs, Nomad and Kubernetes fleets"
 )]
 struct Cli {
-    /// The admin API of any Trellis server.
-    #[arg(
-        long,
-        global = true,
-        env = "TRELLIS_ADDR",
-        default_value = "http://127.0.0.1:8500"
-    )]
-    server: String,
+    /// The admin API of any Trellis server (default: $TRELLIS_ADDR, else
+    /// http://127.0.0.1:8500). For `trellis agent`: a server's gRPC address, repeatable.
+    #[arg(long, global = true)]
+    server: Vec<String>,
 
     /// The token sent to the server's admin API.
     #[arg(long, global = true, env = "TRELLIS_TOKEN", hide_env_values = true)]
@@ -36,6 +32,9 @@ struct Cli {
 enum Command {
     /// Run a server: one member of the Raft group that holds the mesh's state.
     Server(cmd::server::ServerArgs),
+    /// Run the node agent: local services and health checks, the stream to the servers,
+    /// the proxy.
+    Agent(cmd::agent::AgentArgs),
     /// Run the proxy alone from a static config file.
     Proxy(cmd::proxy::ProxyArgs),
     /// Run a whole single-node mesh on this machine.
@@ -78,8 +77,15 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let client = || admin_client::AdminClient::new(&cli.server, cli.token.clone());
+        let admin = cli
+            .server
+            .first()
+            .cloned()
+            .or_else(|| std::env::var("TRELLIS_ADDR").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "http://127.0.0.1:8500".to_owned());
+        let client = || admin_client::AdminClient::new(&admin, cli.token.clone());
         match cli.command {
+            Command::Agent(args) => cmd::agent::run(args, cli.server.clone()).await,
             Command::Server(args) => cmd::server::run(args).await,
             Command::Proxy(args) => cmd::proxy::run(args).await,
             Command::Dev(args) => cmd::dev::run(args).await,

@@ -22,6 +22,8 @@ pub struct ServerConfig {
     /// A file holding the token every admin API request must present (but the
     /// `/v1/status/*` probes). `None`: the API is open, as for `trellis dev`.
     pub acl_token_file: Option<PathBuf>,
+    /// Pings, push deadlines, debounce of the agents' streams.
+    pub discovery: crate::discovery::DiscoverySettings,
 }
 
 impl ServerConfig {
@@ -37,6 +39,7 @@ impl ServerConfig {
             history_revisions: 100_000,
             snapshot_every: 50_000,
             acl_token_file: None,
+            discovery: crate::discovery::DiscoverySettings::default(),
         }
     }
 }

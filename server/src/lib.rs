@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod discovery;
 pub mod error;
 mod run;
 

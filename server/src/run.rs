@@ -93,12 +93,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (raft, cluster, kv) = trellis_raft_store::services(&node);
+    let discovery = crate::discovery::Discovery::start(
+        node.clone(),
+        grpc_addr.to_string(),
+        config.discovery,
+        stopped.clone(),
+    );
+    let discovery_service = discovery.service();
     let mut grpc_stopped = stopped.clone();
     let grpc = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(raft)
             .add_service(cluster)
             .add_service(kv)
+            .add_service(discovery_service)
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 async move {

@@ -63,7 +63,7 @@ pub struct DeleteArgs {
 
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
-    /// Only `service` for now.
+    /// `service` or `node`.
     pub what: String,
     pub name: String,
     #[arg(short = 'n', long, default_value = "default")]
@@ -319,6 +319,12 @@ fn explain(e: anyhow::Error) -> anyhow::Error {
 }
 
 pub async fn get(client: &AdminClient, args: GetArgs) -> anyhow::Result<()> {
+    if matches!(
+        args.kind.to_ascii_lowercase().as_str(),
+        "node" | "nodes" | "no"
+    ) {
+        return super::nodes::get(client, args.name.as_deref(), args.output).await;
+    }
     let kind = kind_named(&args.kind)?;
     let store = kind.store_name();
     let items: Vec<Value> = match &args.name {
@@ -451,9 +457,12 @@ pub async fn delete(client: &AdminClient, args: DeleteArgs) -> anyhow::Result<()
 }
 
 pub async fn describe(client: &AdminClient, args: DescribeArgs) -> anyhow::Result<()> {
+    if matches!(args.what.as_str(), "node" | "nodes" | "no") {
+        return super::nodes::describe(client, &args.name).await;
+    }
     if !matches!(args.what.as_str(), "service" | "services" | "svc") {
         bail!(
-            "describe: '{}' is not something Trellis describes yet; try: trellis describe service NAME",
+            "describe: '{}' is not something Trellis describes; try: trellis describe service NAME, or node NAME",
             args.what
         );
     }

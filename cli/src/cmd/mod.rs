@@ -1,5 +1,7 @@
+pub mod agent;
 pub mod config;
 pub mod dev;
+pub mod nodes;
 pub mod operator;
 pub mod proxy;
 pub mod server;

@@ -8,6 +8,7 @@ mod acl;
 mod blocking;
 mod config;
 mod kv;
+mod nodes;
 mod openapi;
 mod operator;
 
@@ -100,6 +101,11 @@ routes! {
         query ["dry-run", "cas", "source"], body "one YAML or JSON mesh resource";
     DELETE "/v1/config/{kind}/{namespace}/{name}" => config::delete, "Deletes one resource",
         query ["dry-run", "cas"];
+    GET "/v1/nodes" => nodes::list, "Every node an agent runs on, with the config version it applied",
+        query ["stale"];
+    GET "/v1/nodes/{name}" => nodes::get,
+        "One node: versions sent and applied, the last refused push, its workloads and their health",
+        query ["stale"];
     GET "/v1/status/leader" => operator::leader, "The leader's address (\"\" when there is none)",
         query [];
     GET "/v1/status/peers" => operator::peers, "The voters' addresses", query [];

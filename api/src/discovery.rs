@@ -1,0 +1,133 @@
+//! The discovery protocol between servers, agents and standalone proxies: generated
+//! tonic code, and the store-key layout both ends read a view with.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+mod pb {
+    tonic::include_proto!("trellis.discovery.v1");
+}
+
+pub use pb::*;
+
+/// Where each node's workloads are kept: `/registry/endpoints/<ns>/<service>/<node>:<port>`
+/// (a node may run several instances of one service, on different ports).
+pub const ENDPOINTS_PREFIX: &str = "/registry/endpoints/";
+/// Services declared by registry adapters: `/registry/services/<ns>/<name>`.
+pub const SERVICES_PREFIX: &str = "/registry/services/";
+/// What each node runs and reports: `/nodes/<name>`.
+pub const NODES_PREFIX: &str = "/nodes/";
+
+pub fn endpoint_key(namespace: &str, service: &str, node: &str, port: u16) -> String {
+    format!("{ENDPOINTS_PREFIX}{namespace}/{service}/{node}:{port}")
+}
+
+/// `(namespace, service, node)` of an endpoint key.
+pub fn parse_endpoint_key(key: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = key.strip_prefix(ENDPOINTS_PREFIX)?.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(ns), Some(svc), Some(id), None) if !ns.is_empty() && !svc.is_empty() => {
+            let node = id.rsplit_once(':').map_or(id, |(n, _)| n);
+            (!node.is_empty()).then_some((ns, svc, node))
+        }
+        _ => None,
+    }
+}
+
+/// A workload as the store keeps it under its endpoint key.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredEndpoint {
+    pub node: String,
+    pub address: String,
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub service_account: String,
+    #[serde(default)]
+    pub locality: String,
+    pub health: HealthStatus,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub health_output: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl HealthStatus {
+    /// Warning still takes traffic, as in Consul's default; critical does not.
+    pub fn takes_traffic(self) -> bool {
+        !matches!(self, HealthStatus::Critical)
+    }
+
+    pub fn from_pb(h: Health) -> Self {
+        match h {
+            Health::Passing => HealthStatus::Passing,
+            Health::Warning => HealthStatus::Warning,
+            Health::Critical | Health::Unknown => HealthStatus::Critical,
+        }
+    }
+}
+
+/// What a server records for each node, under `/nodes/<name>`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub name: String,
+    #[serde(default)]
+    pub address: String,
+    /// The server the node's stream is on ("" when none).
+    #[serde(default)]
+    pub server: String,
+    pub connected: bool,
+    /// The last version the node acknowledged.
+    #[serde(default)]
+    pub applied_version: String,
+    /// The last version sent to it.
+    #[serde(default)]
+    pub sent_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_nack: Option<NackRecord>,
+    /// Seconds since the Unix epoch.
+    #[serde(default)]
+    pub last_seen: u64,
+    #[serde(default)]
+    pub workloads: Vec<String>,
+    #[serde(default)]
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NackRecord {
+    pub version: String,
+    pub reason: String,
+    pub at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_keys_round_trip_and_refuse_other_shapes() {
+        let k = endpoint_key("shop", "reviews", "vm-1", 9080);
+        assert_eq!(k, "/registry/endpoints/shop/reviews/vm-1:9080");
+        assert_eq!(parse_endpoint_key(&k), Some(("shop", "reviews", "vm-1")));
+        for bad in [
+            "/registry/endpoints/shop/reviews",
+            "/registry/endpoints/shop/reviews/vm-1/x",
+            "/registry/endpoints//reviews/vm-1",
+            "/registry/endpoints/shop/reviews/:80",
+            "/config/virtualservice/a/b",
+        ] {
+            assert_eq!(parse_endpoint_key(bad), None, "{bad}");
+        }
+    }
+}
