@@ -321,10 +321,14 @@ fn describe(probe: &Probe) -> String {
     }
 }
 
-/// The health of every service of the node, keyed by (namespace, name).
+/// One instance of a service on the node: (namespace, name, port). A node may run several
+/// instances of a service (v1 and v2 of `reviews`), each on its own port.
+pub type InstanceKey = (String, String, u16);
+
+/// The health of every service instance of the node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HealthReport {
-    pub services: BTreeMap<(String, String), ServiceHealth>,
+    pub services: BTreeMap<InstanceKey, ServiceHealth>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -363,9 +367,9 @@ impl Drop for HealthChecks {
 /// nothing. Must be called within a tokio runtime.
 pub fn spawn_checks(services: &[LocalService]) -> (watch::Receiver<HealthReport>, HealthChecks) {
     let now = Instant::now();
-    let (mut tracker, jobs) = Tracker::new(services, now);
+    let (tracker, jobs) = Tracker::new(services, now);
     let mut report = HealthReport::default();
-    tracker.refresh(&mut report, now);
+    tracker.update(&mut report, now);
     let (report_tx, report_rx) = watch::channel(report);
     let (results_tx, results_rx) = mpsc::channel(jobs.len().max(1));
     let mut tasks = Vec::with_capacity(jobs.len() + 1);
@@ -449,7 +453,7 @@ struct Tracker {
 }
 
 struct ServiceState {
-    key: (String, String),
+    key: InstanceKey,
     checks: Vec<CheckState>,
 }
 
@@ -480,7 +484,11 @@ impl Tracker {
         let mut jobs = Vec::new();
         let mut pending = 0;
         for service in services {
-            let key = (service.namespace.clone(), service.name.clone());
+            let key = (
+                service.namespace.clone(),
+                service.name.clone(),
+                service.port,
+            );
             // Config validation forbids duplicates; if one slips through, its checks
             // join the first declaration's rather than racing it in the report.
             let si = *index.entry(key.clone()).or_insert_with(|| {
@@ -548,7 +556,7 @@ impl Tracker {
         let CheckOutcome { status, output } = result.outcome;
         if !check.ran || check.status != status {
             info!(
-                service = %format!("{}/{}", service.key.0, service.key.1),
+                service = %format!("{}/{}:{}", service.key.0, service.key.1, service.key.2),
                 check = %check.label,
                 from = if check.ran { check.status.as_str() } else { "pending" },
                 to = %status,
@@ -571,6 +579,18 @@ impl Tracker {
     /// Brings `report` up to date with the checks; says whether subscribers must hear
     /// of it (the first full report, then status and deregistration changes only).
     fn refresh(&mut self, report: &mut HealthReport, now: Instant) -> bool {
+        let changed = self.update(report, now);
+        if !self.published_first {
+            // Until every check has answered, a report would show services critical
+            // only because their checks have not run yet.
+            self.published_first = self.pending == 0;
+            return self.published_first;
+        }
+        changed
+    }
+
+    /// Brings `report` up to date; says whether a status or `deregistered` changed.
+    fn update(&self, report: &mut HealthReport, now: Instant) -> bool {
         let mut changed = false;
         for service in &self.services {
             let worst =
@@ -595,7 +615,7 @@ impl Tracker {
                     deregistered: false,
                 });
             if entry.deregistered != deregistered {
-                let name = format!("{}/{}", service.key.0, service.key.1);
+                let name = format!("{}/{}:{}", service.key.0, service.key.1, service.key.2);
                 if deregistered {
                     info!(service = %name, output, "service deregistered: a check stayed critical past its deregisterCriticalAfter");
                 } else {
@@ -612,12 +632,6 @@ impl Tracker {
                 output.clone_into(&mut entry.output);
             }
             entry.deregistered = deregistered;
-        }
-        if !self.published_first {
-            // Until every check has answered, a report would show services critical
-            // only because their checks have not run yet.
-            self.published_first = self.pending == 0;
-            return self.published_first;
         }
         changed
     }
@@ -731,8 +745,8 @@ mod tests {
         check
     }
 
-    fn key(name: &str) -> (String, String) {
-        ("default".to_owned(), name.to_owned())
+    fn key(name: &str) -> InstanceKey {
+        ("default".to_owned(), name.to_owned(), 8080)
     }
 
     /// Waits until the report satisfies `pred`, failing with the last report seen.
@@ -873,7 +887,8 @@ mod tests {
             exec(&["sh", "-c", "exit 1"], T).await.status,
             Status::Warning
         );
-        assert_eq!(exec(&["false"], T).await.status, Status::Critical);
+        // `false` exits 1, which Consul (and so this) reads as a warning, not a failure.
+        assert_eq!(exec(&["false"], T).await.status, Status::Warning);
         assert_eq!(
             exec(&["sh", "-c", "exit 2"], T).await.status,
             Status::Critical

@@ -227,7 +227,9 @@ impl Shared {
 }
 
 fn workload(s: &LocalService, report: &HealthReport) -> Option<Workload> {
-    let h = report.services.get(&(s.namespace.clone(), s.name.clone()));
+    let h = report
+        .services
+        .get(&(s.namespace.clone(), s.name.clone(), s.port));
     if h.is_some_and(|h| h.deregistered) {
         return None;
     }
@@ -238,7 +240,12 @@ fn workload(s: &LocalService, report: &HealthReport) -> Option<Workload> {
                 Status::Warning => Health::Warning,
                 Status::Critical => Health::Critical,
             },
-            h.output.clone(),
+            // A passing check's output is noise in every endpoint record.
+            if h.status == Status::Passing {
+                String::new()
+            } else {
+                h.output.clone()
+            },
         ),
         None => (Health::Passing, String::new()),
     };

@@ -62,37 +62,7 @@ impl ServerProcess {
             http.into(),
         ];
         args.extend_from_slice(extra);
-        let mut child = Command::new(trellis_bin())
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .context("spawning trellis server")?;
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let stdout = child.stdout.take().context("stdout")?;
-        let stderr = child.stderr.take().context("stderr")?;
-        {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    output
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    output.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-                }
-            });
-        }
+        let (mut child, output, rx) = spawn_captured(&args)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -156,6 +126,153 @@ impl ServerProcess {
 }
 
 impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+type Captured = (
+    Child,
+    Arc<Mutex<Vec<String>>>,
+    std::sync::mpsc::Receiver<String>,
+);
+
+/// Starts `trellis ARGS`, keeping every line of its stdout and stderr; stdout lines are
+/// also sent to the receiver as they come, for waiting on a line.
+fn spawn_captured(args: &[String]) -> anyhow::Result<Captured> {
+    let mut child = Command::new(trellis_bin())
+        .args(args)
+        .env_remove("TRELLIS_ADDR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("spawning trellis {}", args.first().map_or("", |a| a)))?;
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().context("stdout")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                output
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+    }
+    {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                output.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+    }
+    Ok((child, output, rx))
+}
+
+/// A `trellis agent` process with its config file and data dir.
+pub struct AgentProcess {
+    pub node: String,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    pub output: Arc<Mutex<Vec<String>>>,
+}
+
+impl AgentProcess {
+    /// Starts an agent and waits until it prints that it runs.
+    pub fn start(
+        node: &str,
+        servers: &[String],
+        data_dir: &Path,
+        config: &Path,
+    ) -> anyhow::Result<AgentProcess> {
+        let mut args = vec!["agent".to_string()];
+        for s in servers {
+            args.extend(["--server".to_string(), s.clone()]);
+        }
+        args.extend([
+            "--node".to_string(),
+            node.to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ]);
+        Self::spawn(node, args)
+    }
+
+    fn spawn(node: &str, args: Vec<String>) -> anyhow::Result<AgentProcess> {
+        let (mut child, output, rx) = spawn_captured(&args)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("agent ") => {
+                    return Ok(AgentProcess {
+                        node: node.to_string(),
+                        args,
+                        child: Some(child),
+                        output,
+                    });
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    bail!(
+                        "agent {node} did not start within 20s (exit: {status:?}); output:\n{}",
+                        output.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same agent again with the same data dir and config.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        *self = Self::spawn(&self.node.clone(), self.args.clone())?;
+        Ok(())
+    }
+
+    /// Where the proxy's listener `name` is bound now, from the proxy's own log line
+    /// (`listening listener=NAME local=ADDR`); the newest such line wins.
+    pub fn listener(&self, name: &str) -> Option<String> {
+        let key = format!("listener={name} ");
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .find(|l| l.contains("listening") && l.contains(&key))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("local=").map(str::to_string))
+            })
+    }
+
+    pub fn log(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
+    }
+}
+
+impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill();
     }
