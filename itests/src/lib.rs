@@ -96,6 +96,11 @@ impl ServerProcess {
         }
     }
 
+    /// Sends a signal (SIGSTOP freezes the process with its sockets open: a stalled peer).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        signal_child(self.child.as_ref(), signal);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
@@ -128,6 +133,14 @@ impl ServerProcess {
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+fn signal_child(child: Option<&Child>, signal: nix::sys::signal::Signal) {
+    if let Some(c) = child
+        && let Ok(pid) = i32::try_from(c.id())
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
     }
 }
 
@@ -231,6 +244,11 @@ impl AgentProcess {
                 }
             }
         }
+    }
+
+    /// Sends a signal (SIGSTOP freezes the process with its sockets open: a stalled peer).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        signal_child(self.child.as_ref(), signal);
     }
 
     /// SIGKILL.

@@ -196,8 +196,8 @@ struct Mesh {
     workloads: Vec<Workload>,
 }
 
-async fn mesh() -> Mesh {
-    let cluster = Cluster::start(&[]).unwrap();
+async fn mesh(server_flags: &[&str]) -> Mesh {
+    let cluster = Cluster::start(server_flags).unwrap();
     let servers = grpc_addrs(&cluster);
     let mut agents = Vec::new();
     let mut workloads = Vec::new();
@@ -241,7 +241,7 @@ impl Mesh {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_and_health_reach_every_proxy() {
-    let mesh = mesh().await;
+    let mesh = mesh(&[]).await;
     let s0 = &mesh.cluster.servers[0];
     let names = mesh.names();
 
@@ -355,7 +355,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_ride_out_server_failures() {
-    let mut mesh = mesh().await;
+    let mut mesh = mesh(&[]).await;
     let names: Vec<String> = mesh.names().iter().map(|s| s.to_string()).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let rev = apply(&mesh.cluster.servers[0], &split(50, 50)).await;
@@ -459,4 +459,81 @@ async fn agents_ride_out_server_failures() {
     .await;
     let (v1, _, failed) = versions(&mesh.agents[0].listener("reviews").unwrap(), 50).await;
     assert_eq!((v1, failed), (50, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_streams_are_noticed_and_reopened() {
+    use nix::sys::signal::Signal;
+    // Pings every 300 ms: three silent intervals (~1 s) end a stream on either side.
+    let mesh = mesh(&[
+        "--discovery-ping-interval",
+        "300ms",
+        "--discovery-push-deadline",
+        "2s",
+    ])
+    .await;
+    let names = mesh.names();
+    let s = &mesh.cluster.servers;
+
+    // A frozen agent (its sockets open, nothing read or answered) is cut off by the server.
+    mesh.agents[2].signal(Signal::SIGSTOP);
+    eventually(
+        Duration::from_secs(20),
+        "the frozen agent c shown disconnected",
+        || async {
+            let nodes = nodes(&s[0]).await?;
+            nodes
+                .iter()
+                .any(|n| n.name == "c" && !n.connected)
+                .then_some(())
+        },
+    )
+    .await;
+    mesh.agents[2].signal(Signal::SIGCONT);
+    let rev = apply(&s[0], &split(90, 10)).await;
+    converged(&s[0], &names, rev, "c back on a new stream with the change").await;
+
+    // A frozen server: the agent on it hears nothing, moves on, and misses no change.
+    let on = eventually(Duration::from_secs(20), "agent a connected", || async {
+        nodes(&s[0])
+            .await?
+            .into_iter()
+            .find(|n| n.name == "a" && n.connected)
+            .map(|n| n.server)
+    })
+    .await;
+    let frozen = s.iter().position(|x| x.grpc == on).unwrap();
+    s[frozen].signal(Signal::SIGSTOP);
+    let other = &s[(frozen + 1) % 3];
+    let rev = eventually(
+        Duration::from_secs(30),
+        "a write without the frozen server",
+        || async {
+            let r = http()
+                .post(other.url("/v1/apply"))
+                .body(split(0, 100))
+                .send()
+                .await
+                .ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            r.headers()["x-trellis-index"]
+                .to_str()
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        },
+    )
+    .await;
+    converged(
+        other,
+        &names,
+        rev,
+        "a moved off the frozen server and has the change",
+    )
+    .await;
+    let (_, v2, failed) = versions(&mesh.upstream(0), 30).await;
+    assert_eq!((v2, failed), (30, 0));
+    s[frozen].signal(Signal::SIGCONT);
 }

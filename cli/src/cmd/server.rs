@@ -39,6 +39,13 @@ pub struct ServerArgs {
     /// Authorization: Bearer), except GET /v1/status/*. Without it the API is open.
     #[arg(long)]
     pub acl_token_file: Option<PathBuf>,
+    /// How often the server pings each agent's stream; an agent silent for three of these
+    /// is cut off, and an agent that hears nothing for three reconnects elsewhere.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub discovery_ping_interval: Duration,
+    /// A push an agent has not answered (ACK or NACK) by then ends its stream.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub discovery_push_deadline: Duration,
 }
 
 impl ServerArgs {
@@ -53,6 +60,8 @@ impl ServerArgs {
         c.history_revisions = self.history_revisions;
         c.snapshot_every = self.snapshot_every;
         c.acl_token_file = self.acl_token_file.clone();
+        c.discovery.stream.ping_interval = self.discovery_ping_interval;
+        c.discovery.stream.push_deadline = self.discovery_push_deadline;
         c
     }
 }
