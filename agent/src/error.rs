@@ -30,6 +30,12 @@ pub enum AgentError {
         source: std::io::Error,
     },
 
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+
     #[error("no config from any server (and none cached) within {0:?}")]
     NoConfig(std::time::Duration),
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod run;
 pub mod session;
+pub mod sidecar;
 pub mod view;
 
 pub use config::{AgentConfig, HealthCheck, LocalService, Probe};

@@ -27,6 +27,27 @@ pub struct AgentOptions {
     pub servers: Vec<String>,
     pub data_dir: PathBuf,
     pub session: SessionSettings,
+    /// Where standalone proxies of this node (`trellis proxy --agent`) get their config.
+    pub sidecar_addr: Option<String>,
+    /// A standalone proxy fed by an agent: it registers nothing and says so.
+    pub proxy_only: bool,
+    /// Who the proxy is (default: the node's name, the first service's namespace).
+    pub proxy_node: Option<NodeConfig>,
+}
+
+impl AgentOptions {
+    pub fn new(config: AgentConfig, node: String, servers: Vec<String>, data_dir: PathBuf) -> Self {
+        AgentOptions {
+            config,
+            node,
+            servers,
+            data_dir,
+            session: SessionSettings::default(),
+            sidecar_addr: None,
+            proxy_only: false,
+            proxy_node: None,
+        }
+    }
 }
 
 /// What the agent shows of itself.
@@ -51,6 +72,9 @@ pub struct Shared {
     cache_path: PathBuf,
     proxy: tokio::sync::Mutex<Option<ProxyHandle>>,
     state: watch::Sender<AgentState>,
+    /// The view as received, for the node's sidecars.
+    received: watch::Sender<Arc<View>>,
+    pub proxy_only: bool,
 }
 
 pub struct RunningAgent {
@@ -58,6 +82,7 @@ pub struct RunningAgent {
     state: watch::Receiver<AgentState>,
     stop: watch::Sender<bool>,
     session: JoinHandle<()>,
+    sidecar_addr: Option<std::net::SocketAddr>,
     _checks: HealthChecks,
 }
 
@@ -77,12 +102,12 @@ impl RunningAgent {
             .services
             .first()
             .map_or_else(|| "default".to_owned(), |s| s.namespace.clone());
-        let node = NodeConfig {
+        let node = options.proxy_node.clone().unwrap_or_else(|| NodeConfig {
             name: options.node.clone(),
             namespace,
             locality: options.config.locality.clone(),
             labels: Default::default(),
-        };
+        });
         let (state_tx, state) = watch::channel(AgentState::default());
         let shared = Arc::new(Shared {
             node,
@@ -98,11 +123,14 @@ impl RunningAgent {
             cache_path: cache_path.clone(),
             proxy: tokio::sync::Mutex::new(None),
             state: state_tx,
+            received: watch::channel(Arc::new(View::default())).0,
+            proxy_only: options.proxy_only,
         });
         match View::load(&cache_path) {
             Ok(Some(cached)) => match shared.install(&cached).await {
                 Ok(()) => {
                     tracing::info!(version = %cached.version, "proxy started from the cached config");
+                    shared.received.send_replace(Arc::new(cached.clone()));
                     *shared.view.lock().unwrap_or_else(|p| p.into_inner()) = cached;
                 }
                 Err(e) => {
@@ -114,14 +142,34 @@ impl RunningAgent {
         }
         let (health, checks) = health::spawn_checks(&options.config.services);
         let (stop, stopped) = watch::channel(false);
+        let sidecar_addr = match &options.sidecar_addr {
+            None => None,
+            Some(addr) => {
+                let bind = |source| AgentError::Bind {
+                    addr: addr.clone(),
+                    source,
+                };
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+                Some(
+                    crate::sidecar::serve(listener, shared.received.subscribe(), stopped.clone())
+                        .map_err(bind)?,
+                )
+            }
+        };
         let session = tokio::spawn(session::run(shared.clone(), health, stopped));
         Ok(RunningAgent {
             shared,
             state,
             stop,
             session,
+            sidecar_addr,
             _checks: checks,
         })
+    }
+
+    /// Where sidecars connect, when the agent serves them.
+    pub fn sidecar_addr(&self) -> Option<std::net::SocketAddr> {
+        self.sidecar_addr
     }
 
     pub fn state(&self) -> watch::Receiver<AgentState> {
@@ -187,6 +235,7 @@ impl Shared {
             view.apply(push)?;
             view.clone()
         };
+        self.received.send_replace(Arc::new(view.clone()));
         match self.install(&view).await {
             Ok(()) => {
                 if let Err(e) = view.save(&self.cache_path) {

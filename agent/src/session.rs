@@ -117,9 +117,9 @@ async fn stream(
         node: shared.node.name.clone(),
         held: shared.held(),
         applied_version: shared.applied_version(),
-        registration: Some(registration),
+        registration: (!shared.proxy_only).then_some(registration),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        proxy_only: false,
+        proxy_only: shared.proxy_only,
     };
     let send = |kind| AgentMessage { kind: Some(kind) };
     tx.send(send(agent_message::Kind::Hello(hello)))
@@ -176,6 +176,9 @@ async fn stream(
                     return Ok(Ended::Stopped);
                 }
                 let reg: Registration = shared.registration(&health.borrow_and_update());
+                if shared.proxy_only {
+                    continue;
+                }
                 tx.send(send(agent_message::Kind::Registration(reg)))
                     .await
                     .map_err(|_| "stream closed".to_string())?;

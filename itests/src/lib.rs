@@ -204,6 +204,17 @@ impl AgentProcess {
         data_dir: &Path,
         config: &Path,
     ) -> anyhow::Result<AgentProcess> {
+        Self::start_with(node, servers, data_dir, config, &[])
+    }
+
+    /// As [`AgentProcess::start`], with more flags.
+    pub fn start_with(
+        node: &str,
+        servers: &[String],
+        data_dir: &Path,
+        config: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<AgentProcess> {
         let mut args = vec!["agent".to_string()];
         for s in servers {
             args.extend(["--server".to_string(), s.clone()]);
@@ -216,7 +227,34 @@ impl AgentProcess {
             "--config".into(),
             config.display().to_string(),
         ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
         Self::spawn(node, args)
+    }
+
+    /// A standalone `trellis proxy --agent ADDR --config FILE`, fed by an agent.
+    pub fn sidecar(name: &str, agent: &str, config: &Path) -> anyhow::Result<AgentProcess> {
+        let args = vec![
+            "proxy".to_string(),
+            "--agent".into(),
+            agent.to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        Self::spawn(name, args)
+    }
+
+    /// A `key=value` field of the line the process printed when it started.
+    pub fn started_field(&self, key: &str) -> Option<String> {
+        let first = self
+            .output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|l| l.starts_with("agent ") || l.starts_with("proxy "))?
+            .clone();
+        first
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
     }
 
     fn spawn(node: &str, args: Vec<String>) -> anyhow::Result<AgentProcess> {
@@ -225,7 +263,7 @@ impl AgentProcess {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("agent ") => {
+                Ok(line) if line.starts_with("agent ") || line.starts_with("proxy ") => {
                     return Ok(AgentProcess {
                         node: node.to_string(),
                         args,

@@ -537,3 +537,68 @@ async fn stalled_streams_are_noticed_and_reopened() {
     assert_eq!((v2, failed), (30, 0));
     s[frozen].signal(Signal::SIGCONT);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_is_fed_by_its_agent() {
+    let mut mesh = mesh(&[]).await;
+    let dir = mesh.cluster.dir.path().to_owned();
+    // A fourth node whose agent serves sidecars, and a standalone proxy fed by it.
+    let servers = grpc_addrs(&mesh.cluster);
+    let w = workload("v1").await;
+    let config = agent_config(&dir, "ratings", "v1", w.addr.port());
+    let agent = AgentProcess::start_with(
+        "d",
+        &servers,
+        &dir.join("agent-d"),
+        &config,
+        &["--sidecar-addr", "127.0.0.1:0"],
+    )
+    .unwrap();
+    let sidecars = agent
+        .started_field("sidecars")
+        .expect("the agent says where sidecars connect");
+    let file = dir.join("sidecar.yaml");
+    std::fs::write(
+        &file,
+        "node: {name: task-1, namespace: default}
+listeners:
+  upstreams:
+    - {name: reviews, bind: \"127.0.0.1:0\", service: reviews}
+",
+    )
+    .unwrap();
+    let sidecar = AgentProcess::sidecar("task-1", &sidecars, &file).unwrap();
+    let up = eventually(
+        Duration::from_secs(20),
+        "the sidecar's upstream listener",
+        || async { sidecar.listener("reviews") },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "both versions through the sidecar",
+        || async {
+            let (v1, v2, _) = versions(&up, 20).await;
+            (v1 > 0 && v2 > 0).then_some(())
+        },
+    )
+    .await;
+    // A route change reaches the sidecar through its agent.
+    apply(&mesh.cluster.servers[0], &split(100, 0)).await;
+    eventually(
+        Duration::from_secs(20),
+        "the sidecar follows the new route",
+        || async {
+            let (v1, v2, failed) = versions(&up, 30).await;
+            (v1 == 30 && v2 == 0 && failed == 0).then_some(())
+        },
+    )
+    .await;
+    // With every server gone the sidecar keeps serving.
+    for s in &mut mesh.cluster.servers {
+        s.kill();
+    }
+    let (v1, _, failed) = versions(&up, 30).await;
+    assert_eq!((v1, failed), (30, 0));
+    drop(agent);
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use trellis_agent::{AgentConfig, AgentOptions, RunningAgent, SessionSettings};
+use trellis_agent::{AgentConfig, AgentOptions, RunningAgent};
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -18,6 +18,10 @@ pub struct AgentArgs {
     /// This node's name in the mesh (default: the config's `node`, else the host name).
     #[arg(long)]
     pub node: Option<String>,
+    /// Serve the same discovery stream here for standalone proxies of this node
+    /// (`trellis proxy --agent ADDR`, e.g. a Nomad task's sidecar).
+    #[arg(long)]
+    pub sidecar_addr: Option<String>,
 }
 
 /// A server's gRPC address as `host:port`, whether or not it was written with a scheme.
@@ -53,16 +57,15 @@ pub async fn run(args: AgentArgs, servers: Vec<String>) -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.node.clone())
         .unwrap_or_else(host_name);
-    let agent = RunningAgent::start(AgentOptions {
-        config,
-        node: node.clone(),
-        servers: all.clone(),
-        data_dir: args.data_dir.clone(),
-        session: SessionSettings::default(),
-    })
-    .await
-    .context("starting the agent")?;
-    println!("agent node={node} servers={}", all.join(","));
+    let mut options = AgentOptions::new(config, node.clone(), all.clone(), args.data_dir.clone());
+    options.sidecar_addr = args.sidecar_addr.clone();
+    let agent = RunningAgent::start(options)
+        .await
+        .context("starting the agent")?;
+    match agent.sidecar_addr() {
+        Some(a) => println!("agent node={node} servers={} sidecars={a}", all.join(",")),
+        None => println!("agent node={node} servers={}", all.join(",")),
+    }
     let mut state = agent.state();
     tokio::spawn(async move {
         if let Ok(s) = state.wait_for(|s| !s.applied_version.is_empty()).await {

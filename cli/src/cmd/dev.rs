@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::routing::get;
 use clap::Args;
 use tokio::net::TcpListener;
-use trellis_agent::{AgentConfig, AgentOptions, RunningAgent, SessionSettings};
+use trellis_agent::{AgentConfig, AgentOptions, RunningAgent};
 use trellis_server::ServerConfig;
 
 #[derive(Args, Debug)]
@@ -125,13 +125,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let v1 = start_demo(demo("reviews", "v1")).await?;
     let v2 = start_demo(demo("reviews", "v2")).await?;
 
-    let agent = RunningAgent::start(AgentOptions {
-        config: agent_config(frontend, v1, v2, &args.proxy_admin_addr)?,
-        node: "dev".into(),
-        servers: vec![server.grpc_addr.to_string()],
-        data_dir: base.join("agent"),
-        session: SessionSettings::default(),
-    })
+    let agent = RunningAgent::start(AgentOptions::new(
+        agent_config(frontend, v1, v2, &args.proxy_admin_addr)?,
+        "dev".into(),
+        vec![server.grpc_addr.to_string()],
+        base.join("agent"),
+    ))
     .await?;
     agent.wait_applied(Duration::from_secs(30)).await?;
     let (front_addr, reviews_addr) = upstreams(&agent).await?;

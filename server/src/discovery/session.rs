@@ -3,7 +3,7 @@
 //! ways so a stalled stream is noticed and closed; the node's registration written to the
 //! store.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,8 +50,8 @@ struct Session {
     ctx: Arc<Context>,
     node: String,
     out: Outbound,
-    /// Key → revision the agent holds (as far as this server sent or was told).
-    held: HashMap<String, u64>,
+    /// What the agent holds (as far as this server sent or was told).
+    held: pb::PeerHolds,
     namespaces: BTreeSet<String>,
     scope: Scope,
     nonce: u64,
@@ -75,11 +75,7 @@ pub async fn run(
         ctx: ctx.clone(),
         node: node.clone(),
         out,
-        held: hello
-            .held
-            .iter()
-            .map(|h| (h.key.clone(), h.revision))
-            .collect(),
+        held: pb::PeerHolds::from_hello(&hello.held),
         namespaces: BTreeSet::new(),
         scope: Scope::default(),
         nonce: 0,
@@ -214,28 +210,15 @@ impl Session {
         }
         let (upserts, removals) = {
             let mirror = self.ctx.mirror.read();
-            let mut upserts = Vec::new();
-            let mut removals = Vec::new();
-            for key in c.keys.iter() {
-                let want = mirror.items.get(key).filter(|_| self.scope.includes(key));
-                match (want, self.held.get(key)) {
-                    (Some(e), Some(rev)) if *rev == e.revision => {}
-                    (Some(e), _) => {
-                        self.held.insert(key.clone(), e.revision);
-                        upserts.push(Item {
-                            key: key.clone(),
-                            revision: e.revision,
-                            value: e.value.to_vec(),
-                        });
-                    }
-                    (None, Some(_)) => {
-                        self.held.remove(key);
-                        removals.push(key.clone());
-                    }
-                    (None, None) => {}
-                }
-            }
-            (upserts, removals)
+            let scope = &self.scope;
+            self.held
+                .diff_keys(c.keys.iter().map(String::as_str), |key| {
+                    mirror
+                        .items
+                        .get(key)
+                        .filter(|_| scope.includes(key))
+                        .map(|e| (e.revision, e.value.to_vec()))
+                })
         };
         if upserts.is_empty() && removals.is_empty() {
             return Ok(());
@@ -249,38 +232,15 @@ impl Session {
     async fn push_all(&mut self, full: bool, always: bool) -> Result<(), String> {
         let (revision, upserts, removals) = {
             let mirror = self.ctx.mirror.read();
-            let mut upserts = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for (key, e) in mirror.items.iter().filter(|(k, _)| self.scope.includes(k)) {
-                seen.insert(key.as_str());
-                if full || self.held.get(key) != Some(&e.revision) {
-                    upserts.push(Item {
-                        key: key.clone(),
-                        revision: e.revision,
-                        value: e.value.to_vec(),
-                    });
-                }
-            }
-            let removals: Vec<String> = if full {
-                Vec::new()
-            } else {
-                self.held
-                    .keys()
-                    .filter(|k| !seen.contains(k.as_str()))
-                    .cloned()
-                    .collect()
-            };
+            let scope = &self.scope;
+            let view = mirror
+                .items
+                .iter()
+                .filter(|(k, _)| scope.includes(k))
+                .map(|(k, e)| (k.as_str(), e.revision, &e.value[..]));
+            let (upserts, removals) = self.held.diff_all(view, full);
             (mirror.revision, upserts, removals)
         };
-        if full {
-            self.held.clear();
-        }
-        for k in &removals {
-            self.held.remove(k);
-        }
-        for i in &upserts {
-            self.held.insert(i.key.clone(), i.revision);
-        }
         if !always && upserts.is_empty() && removals.is_empty() {
             return Ok(());
         }
