@@ -243,6 +243,21 @@ impl AgentProcess {
         Self::spawn(name, args)
     }
 
+    /// `trellis dev ARGS`, once it says the mesh is up (it prints its demo URLs then).
+    pub fn dev(args: &[&str]) -> anyhow::Result<AgentProcess> {
+        let mut all = vec!["dev".to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        Self::spawn("dev", all)
+    }
+
+    /// The stdout lines the process printed so far.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// A `key=value` field of the line the process printed when it started.
     pub fn started_field(&self, key: &str) -> Option<String> {
         let first = self
@@ -263,7 +278,11 @@ impl AgentProcess {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("agent ") || line.starts_with("proxy ") => {
+                Ok(line)
+                    if line.starts_with("agent ")
+                        || line.starts_with("proxy ")
+                        || line.starts_with("Trellis dev mesh is up") =>
+                {
                     return Ok(AgentProcess {
                         node: node.to_string(),
                         args,
