@@ -467,15 +467,32 @@ pub async fn describe(client: &AdminClient, args: DescribeArgs) -> anyhow::Resul
         );
     }
     let ns = &args.namespace;
-    let service = client
+    // Agents register endpoints without any Service resource; either makes a service.
+    let declared = client
         .request(
             Method::GET,
             &format!("/v1/config/service/{ns}/{}", args.name),
             &[],
             None,
         )
-        .await
-        .with_context(|| format!("service {ns}/{}", args.name))?;
+        .await;
+    let registered = client
+        .request(
+            Method::GET,
+            &format!("/v1/health/service/{}", args.name),
+            &[("namespace", ns.clone())],
+            None,
+        )
+        .await?
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let service = match declared {
+        Ok(s) => s,
+        Err(_) if !registered.is_empty() => Value::Null,
+        Err(e) => return Err(e).with_context(|| format!("service {ns}/{}", args.name)),
+    };
     println!("Service: {ns}/{}", args.name);
     let spec = service.get("spec").cloned().unwrap_or(Value::Null);
     for port in spec
@@ -518,8 +535,33 @@ pub async fn describe(client: &AdminClient, args: DescribeArgs) -> anyhow::Resul
     };
 
     println!("Endpoints:");
-    let entries = list(client, "workloadentry", Some(ns)).await?;
     let mut any = false;
+    for ep in &registered {
+        any = true;
+        let text = |k: &str| match ep.get(k) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        };
+        let labels = ep
+            .get("labels")
+            .and_then(Value::as_object)
+            .map(|l| {
+                l.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        println!(
+            "  {}  {}:{}  {}  {labels}",
+            text("node"),
+            text("address"),
+            text("port"),
+            text("health")
+        );
+    }
+    let entries = list(client, "workloadentry", Some(ns)).await?;
     for we in &entries {
         let labels = we
             .pointer("/spec/labels")

@@ -106,6 +106,9 @@ routes! {
     GET "/v1/nodes/{name}" => nodes::get,
         "One node: versions sent and applied, the last refused push, its workloads and their health",
         query ["stale"];
+    GET "/v1/health/service/{name}" => nodes::service_health,
+        "A service's endpoints as agents registered them, with their health",
+        query ["namespace", "passing", "stale"];
     GET "/v1/status/leader" => operator::leader, "The leader's address (\"\" when there is none)",
         query [];
     GET "/v1/status/peers" => operator::peers, "The voters' addresses", query [];

@@ -16,6 +16,49 @@ pub struct NodesQuery {
     stale: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HealthQuery {
+    namespace: Option<String>,
+    stale: Option<String>,
+    /// Only endpoints that take traffic (Consul's `?passing`).
+    passing: Option<String>,
+}
+
+/// `GET /v1/health/service/{name}`: the service's endpoints as agents registered them, with
+/// their health (Consul's health endpoint, in Trellis's JSON).
+pub async fn service_health(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<HealthQuery>,
+) -> Result<Response, ApiError> {
+    let ns = q.namespace.as_deref().unwrap_or("default");
+    let prefix = format!("{ENDPOINTS_PREFIX}{ns}/{name}/");
+    let (revision, kvs, _) = state
+        .node
+        .range(prefix.as_bytes(), true, 0, q.stale.is_some())
+        .await?;
+    let items: Vec<serde_json::Value> = kvs
+        .iter()
+        .filter_map(|kv| {
+            let ep: trellis_api::discovery::StoredEndpoint =
+                serde_json::from_slice(&kv.value).ok()?;
+            if q.passing.is_some() && !ep.health.takes_traffic() {
+                return None;
+            }
+            let mut v = serde_json::to_value(&ep).ok()?;
+            v["id"] = serde_json::Value::String(
+                String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned(),
+            );
+            Some(v)
+        })
+        .collect();
+    Ok(super::with_index(
+        revision,
+        Json(serde_json::json!({ "items": items })),
+    ))
+}
+
 fn decode(kv_value: &[u8]) -> Option<NodeStatus> {
     serde_json::from_slice(kv_value).ok()
 }
