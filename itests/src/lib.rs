@@ -62,38 +62,25 @@ impl ServerProcess {
             http.into(),
         ];
         args.extend_from_slice(extra);
-        let (mut child, output, rx) = spawn_captured(&args)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("listening ") => {
-                    let field = |k: &str| {
-                        line.split_whitespace()
-                            .find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string))
-                            .with_context(|| format!("no {k}= in '{line}'"))
-                    };
-                    return Ok(ServerProcess {
-                        data_dir: data_dir.to_path_buf(),
-                        node_id: field("node_id")?.parse()?,
-                        grpc: field("grpc")?,
-                        http: field("http")?,
-                        args,
-                        child: Some(child),
-                        output,
-                    });
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait().ok();
-                    bail!(
-                        "server did not print where it listens within 20s (exit: {status:?}); output:\n{}",
-                        output.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
-                    );
-                }
-            }
-        }
+        let (child, output, line) = start_until(
+            &args,
+            |l| l.starts_with("listening "),
+            "server did not print where it listens",
+        )?;
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string))
+                .with_context(|| format!("no {k}= in '{line}'"))
+        };
+        Ok(ServerProcess {
+            data_dir: data_dir.to_path_buf(),
+            node_id: field("node_id")?.parse()?,
+            grpc: field("grpc")?,
+            http: field("http")?,
+            args,
+            child: Some(child),
+            output,
+        })
     }
 
     /// Sends a signal (SIGSTOP freezes the process with its sockets open: a stalled peer).
@@ -144,11 +131,35 @@ fn signal_child(child: Option<&Child>, signal: nix::sys::signal::Signal) {
     }
 }
 
-type Captured = (
-    Child,
-    Arc<Mutex<Vec<String>>>,
-    std::sync::mpsc::Receiver<String>,
-);
+/// Starts `trellis ARGS` and waits (20 s at most) for the stdout line that says it runs.
+fn start_until(
+    args: &[String],
+    ready: impl Fn(&str) -> bool,
+    what: &str,
+) -> anyhow::Result<(Child, Output, String)> {
+    let (mut child, output, rx) = spawn_captured(args)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if ready(&line) => return Ok((child, output, line)),
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                bail!(
+                    "{what} within 20s (exit: {status:?}); output:\n{}",
+                    output.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+                );
+            }
+        }
+    }
+}
+
+/// Every line a process printed, stdout and stderr.
+pub type Output = Arc<Mutex<Vec<String>>>;
+
+type Captured = (Child, Output, std::sync::mpsc::Receiver<String>);
 
 /// Starts `trellis ARGS`, keeping every line of its stdout and stderr; stdout lines are
 /// also sent to the receiver as they come, for waiting on a line.
@@ -273,34 +284,21 @@ impl AgentProcess {
     }
 
     fn spawn(node: &str, args: Vec<String>) -> anyhow::Result<AgentProcess> {
-        let (mut child, output, rx) = spawn_captured(&args)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line)
-                    if line.starts_with("agent ")
-                        || line.starts_with("proxy ")
-                        || line.starts_with("Trellis dev mesh is up") =>
-                {
-                    return Ok(AgentProcess {
-                        node: node.to_string(),
-                        args,
-                        child: Some(child),
-                        output,
-                    });
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait().ok();
-                    bail!(
-                        "agent {node} did not start within 20s (exit: {status:?}); output:\n{}",
-                        output.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
-                    );
-                }
-            }
-        }
+        let (child, output, _) = start_until(
+            &args,
+            |l| {
+                l.starts_with("agent ")
+                    || l.starts_with("proxy ")
+                    || l.starts_with("Trellis dev mesh is up")
+            },
+            &format!("{node} did not start"),
+        )?;
+        Ok(AgentProcess {
+            node: node.to_string(),
+            args,
+            child: Some(child),
+            output,
+        })
     }
 
     /// Sends a signal (SIGSTOP freezes the process with its sockets open: a stalled peer).

@@ -122,6 +122,27 @@ async fn apply(server: &ServerProcess, yaml: &str) -> u64 {
         .unwrap()
 }
 
+/// Applies through a server that may be waiting for a leader (after servers died).
+async fn apply_when_possible(server: &ServerProcess, yaml: &str, what: &str) -> u64 {
+    eventually(Duration::from_secs(30), what, || async {
+        let r = http()
+            .post(server.url("/v1/apply"))
+            .body(yaml.to_string())
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.headers()["x-trellis-index"]
+            .to_str()
+            .ok()?
+            .parse::<u64>()
+            .ok()
+    })
+    .await
+}
+
 /// Waits until every named node runs a version at or after `revision`.
 async fn converged(server: &ServerProcess, names: &[&str], revision: u64, what: &str) {
     eventually(Duration::from_secs(20), what, || async {
@@ -429,25 +450,10 @@ async fn agents_ride_out_server_failures() {
     for s in &mut mesh.cluster.servers {
         s.restart().unwrap();
     }
-    let rev = eventually(
-        Duration::from_secs(30),
+    let rev = apply_when_possible(
+        &mesh.cluster.servers[0],
+        &split(100, 0),
         "a write after the servers came back",
-        || async {
-            let r = http()
-                .post(mesh.cluster.servers[0].url("/v1/apply"))
-                .body(split(100, 0))
-                .send()
-                .await
-                .ok()?;
-            if !r.status().is_success() {
-                return None;
-            }
-            r.headers()["x-trellis-index"]
-                .to_str()
-                .ok()?
-                .parse::<u64>()
-                .ok()
-        },
     )
     .await;
     converged(
@@ -505,27 +511,7 @@ async fn stalled_streams_are_noticed_and_reopened() {
     let frozen = s.iter().position(|x| x.grpc == on).unwrap();
     s[frozen].signal(Signal::SIGSTOP);
     let other = &s[(frozen + 1) % 3];
-    let rev = eventually(
-        Duration::from_secs(30),
-        "a write without the frozen server",
-        || async {
-            let r = http()
-                .post(other.url("/v1/apply"))
-                .body(split(0, 100))
-                .send()
-                .await
-                .ok()?;
-            if !r.status().is_success() {
-                return None;
-            }
-            r.headers()["x-trellis-index"]
-                .to_str()
-                .ok()?
-                .parse::<u64>()
-                .ok()
-        },
-    )
-    .await;
+    let rev = apply_when_possible(other, &split(0, 100), "a write without the frozen server").await;
     converged(
         other,
         &names,

@@ -384,16 +384,7 @@ pub async fn get(client: &AdminClient, args: GetArgs) -> anyhow::Result<()> {
                         .unwrap_or_default()
                         .to_string()
                 };
-                let labels = meta
-                    .and_then(|m| m.get("labels"))
-                    .and_then(Value::as_object)
-                    .map(|l| {
-                        l.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
+                let labels = labels_text(meta.and_then(|m| m.get("labels")));
                 rows.push(vec![
                     s("namespace"),
                     s("name"),
@@ -405,6 +396,19 @@ pub async fn get(client: &AdminClient, args: GetArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Labels as kubectl shows them: `app=reviews,version=v1`.
+fn labels_text(labels: Option<&Value>) -> String {
+    labels
+        .and_then(Value::as_object)
+        .map(|l| {
+            l.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
 }
 
 pub fn print_rows(rows: &[Vec<String>]) {
@@ -543,16 +547,7 @@ pub async fn describe(client: &AdminClient, args: DescribeArgs) -> anyhow::Resul
             Some(Value::Number(n)) => n.to_string(),
             _ => String::new(),
         };
-        let labels = ep
-            .get("labels")
-            .and_then(Value::as_object)
-            .map(|l| {
-                l.iter()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
+        let labels = labels_text(ep.get("labels"));
         println!(
             "  {}  {}:{}  {}  {labels}",
             text("node"),
