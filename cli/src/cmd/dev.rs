@@ -197,12 +197,26 @@ spec:
         - {destination: {host: reviews, subset: v1}, weight: 90}
         - {destination: {host: reviews, subset: v2}, weight: 10}";
 
-/// Waits for the demo services to be registered and their upstream listeners bound.
+/// Whether a demo answers through the proxy: its endpoints are registered and healthy.
+async fn answers(addr: SocketAddr) -> bool {
+    let client = reqwest::Client::new();
+    client
+        .get(format!("http://{addr}/health"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Waits for the demo services to be registered and healthy, and their upstream
+/// listeners bound.
 async fn upstreams(agent: &RunningAgent) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(p) = agent.proxy().await
             && let (Some(f), Some(r)) = (p.listener_addr("frontend"), p.listener_addr("reviews"))
+            && answers(f).await
+            && answers(r).await
         {
             return Ok((f, r));
         }

@@ -100,6 +100,35 @@ fn write(state: &RwLock<MirrorState>) -> std::sync::RwLockWriteGuard<'_, MirrorS
     state.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Lists each prefix of the view space; the revision is the oldest of the listings, so a
+/// watch from just after it misses nothing (it may repeat a change a later listing already
+/// holds, which is harmless: the same key at the same revision).
+async fn list(node: &StoreNode) -> Option<(u64, BTreeMap<String, Entry>)> {
+    let mut items = BTreeMap::new();
+    let mut revision = u64::MAX;
+    for prefix in VIEW_PREFIXES {
+        let (rev, kvs, _) = match node.range(prefix.as_bytes(), true, 0, false).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "discovery: listing the store");
+                return None;
+            }
+        };
+        revision = revision.min(rev);
+        items.extend(kvs.into_iter().filter_map(|kv| {
+            let key = String::from_utf8(kv.key).ok()?;
+            Some((
+                key,
+                Entry {
+                    revision: kv.mod_revision,
+                    value: Bytes::from(kv.value),
+                },
+            ))
+        }));
+    }
+    Some((revision, items))
+}
+
 /// Lists, then watches from just after the listing. Whenever the watch breaks (compaction
 /// below us, a restart of the store) it lists again and announces a resync, so every stream
 /// re-diffs against the new truth.
@@ -116,30 +145,7 @@ async fn follow(
         if *stop.borrow() {
             return;
         }
-        let listed = match node.range(b"/", true, 0, false).await {
-            Ok((revision, kvs, _)) => {
-                let items: BTreeMap<String, Entry> = kvs
-                    .into_iter()
-                    .filter_map(|kv| {
-                        let key = String::from_utf8(kv.key).ok()?;
-                        in_view_space(&key).then(|| {
-                            (
-                                key,
-                                Entry {
-                                    revision: kv.mod_revision,
-                                    value: Bytes::from(kv.value),
-                                },
-                            )
-                        })
-                    })
-                    .collect();
-                Some((revision, items))
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "discovery: listing the store");
-                None
-            }
-        };
+        let listed = list(&node).await;
         let Some((revision, items)) = listed else {
             tokio::select! {
                 _ = sleep(retry) => {}
@@ -162,8 +168,14 @@ async fn follow(
         ready.send_replace(revision.max(1));
         tracing::info!(revision, "discovery: views listed");
 
-        let mut feed = match node.watch("/", revision + 1) {
-            Ok(f) => f,
+        // One watch per prefix, so the store's other writes (node status, raw keys) never
+        // reach the mirror. The prefixes share no key, so their events need no common order.
+        let feeds: Result<Vec<_>, _> = VIEW_PREFIXES
+            .iter()
+            .map(|p| node.watch(*p, revision + 1))
+            .collect();
+        let mut feed = match feeds {
+            Ok(f) => futures::stream::select_all(f),
             Err(e) => {
                 tracing::warn!(error = %e, "discovery: watching the store");
                 sleep(retry).await;

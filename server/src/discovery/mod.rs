@@ -117,7 +117,7 @@ impl discovery_server::Discovery for Discovery {
         };
         check_node_name(&hello.node)
             .map_err(|e| Status::invalid_argument(format!("{peer}: {e}")))?;
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(4);
         tokio::spawn(session::run(self.ctx.clone(), hello, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -19,9 +19,23 @@ pub fn node_key(name: &str) -> String {
     format!("{NODES_PREFIX}{name}")
 }
 
+/// How soon a change of a node's record must reach the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirty {
+    Clean,
+    /// Versions sent and acknowledged: they change with every push to every node, so they
+    /// are written at most every [`PROGRESS_EVERY`] per node.
+    Progress,
+    /// Connected, disconnected, registered, refused: written at the next flush.
+    Now,
+}
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 struct Record {
     status: NodeStatus,
-    dirty: bool,
+    dirty: Dirty,
+    last_write: Option<std::time::Instant>,
     /// The revision of this server's last write of the record: a "disconnected" write only
     /// lands if nobody (another server the node moved to) wrote it since.
     written: Option<u64>,
@@ -43,25 +57,25 @@ impl NodeTable {
         }
     }
 
-    fn update(&self, name: &str, f: impl FnOnce(&mut Record)) {
+    fn update(&self, name: &str, urgency: Dirty, f: impl FnOnce(&mut Record)) {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         let record = records.entry(name.to_owned()).or_insert_with(|| Record {
             status: NodeStatus {
                 name: name.to_owned(),
                 ..NodeStatus::default()
             },
-            dirty: true,
+            dirty: Dirty::Now,
+            last_write: None,
             written: None,
             streams: 0,
         });
         f(record);
-        record.status.last_seen = now_secs();
-        record.dirty = true;
+        record.dirty = record.dirty.max(urgency);
     }
 
     pub fn connected(&self, name: &str, agent_version: &str, applied: &str) {
         let server = self.server.clone();
-        self.update(name, |r| {
+        self.update(name, Dirty::Now, |r| {
             r.streams += 1;
             let s = &mut r.status;
             s.connected = true;
@@ -74,22 +88,26 @@ impl NodeTable {
     }
 
     pub fn registered(&self, name: &str, address: &str, workloads: Vec<String>) {
-        self.update(name, |r| {
+        self.update(name, Dirty::Now, |r| {
             r.status.address = address.to_owned();
             r.status.workloads = workloads;
         });
     }
 
     pub fn sent(&self, name: &str, version: &str) {
-        self.update(name, |r| r.status.sent_version = version.to_owned());
+        self.update(name, Dirty::Progress, |r| {
+            r.status.sent_version = version.to_owned();
+        });
     }
 
     pub fn acked(&self, name: &str, version: &str) {
-        self.update(name, |r| r.status.applied_version = version.to_owned());
+        self.update(name, Dirty::Progress, |r| {
+            r.status.applied_version = version.to_owned();
+        });
     }
 
     pub fn nacked(&self, name: &str, version: &str, reason: &str) {
-        self.update(name, |r| {
+        self.update(name, Dirty::Now, |r| {
             r.status.last_nack = Some(NackRecord {
                 version: version.to_owned(),
                 reason: reason.to_owned(),
@@ -105,8 +123,7 @@ impl NodeTable {
             if r.streams == 0 {
                 r.status.connected = false;
                 r.status.server.clear();
-                r.status.last_seen = now_secs();
-                r.dirty = true;
+                r.dirty = Dirty::Now;
             }
         }
     }
@@ -118,8 +135,16 @@ impl NodeTable {
             let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
             let mut live = Vec::new();
             let mut gone = Vec::new();
-            for (name, r) in records.iter_mut().filter(|(_, r)| r.dirty) {
-                r.dirty = false;
+            let now = std::time::Instant::now();
+            let due = |r: &Record| match r.dirty {
+                Dirty::Clean => false,
+                Dirty::Now => true,
+                Dirty::Progress => r.last_write.is_none_or(|t| now - t >= PROGRESS_EVERY),
+            };
+            for (name, r) in records.iter_mut().filter(|(_, r)| due(r)) {
+                r.dirty = Dirty::Clean;
+                r.last_write = Some(now);
+                r.status.last_seen = now_secs();
                 let value = serde_json::to_vec(&r.status).unwrap_or_default();
                 if r.status.connected {
                     live.push((name.clone(), value));
@@ -173,7 +198,7 @@ impl NodeTable {
         }
         // Forget nodes that left and whose departure is written.
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
-        records.retain(|_, r| r.status.connected || r.dirty || r.streams > 0);
+        records.retain(|_, r| r.status.connected || r.dirty != Dirty::Clean || r.streams > 0);
     }
 
     fn mark_written<'a>(&self, names: impl IntoIterator<Item = &'a str>, revision: u64) {
@@ -189,7 +214,7 @@ impl NodeTable {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         for n in names {
             if let Some(r) = records.get_mut(n) {
-                r.dirty = true;
+                r.dirty = Dirty::Now;
             }
         }
     }

@@ -46,6 +46,30 @@ pub struct Context {
 
 pub type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
 
+/// Changes not yet pushed to one stream.
+#[derive(Default)]
+struct Pending {
+    keys: BTreeSet<String>,
+    /// Compare the whole view (a resync, a Sidecar change, a lagging subscriber).
+    all: bool,
+    revision: u64,
+}
+
+impl Pending {
+    fn add(&mut self, c: &Changes) {
+        self.revision = self.revision.max(c.revision);
+        if c.resync || c.keys.iter().any(|k| Scope::is_scope_key(k)) {
+            self.all = true;
+        } else if !self.all {
+            self.keys.extend(c.keys.iter().cloned());
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.all || !self.keys.is_empty()
+    }
+}
+
 struct Session {
     ctx: Arc<Context>,
     node: String,
@@ -83,7 +107,7 @@ pub async fn run(
         unwritten: None,
     };
     if let Some(reg) = hello.registration.filter(|_| !hello.proxy_only) {
-        session.set_registration(reg).await;
+        let _ = session.set_registration(reg).await;
     }
     let end = session.serve(&mut inbound).await;
     match end {
@@ -99,13 +123,23 @@ pub async fn run(
 impl Session {
     async fn serve(&mut self, inbound: &mut Streaming<AgentMessage>) -> Result<(), String> {
         let ctx = self.ctx.clone();
+        let out = self.out.clone();
         // Subscribe before computing the first view, so no change falls in between.
         let mut changes = ctx.mirror.subscribe();
         ctx.mirror.ready().await;
         self.rescope();
         let resumed = !self.held.is_empty();
-        self.push_all(!resumed, true).await?;
+        // The first push goes even when nothing differs: it tells the agent its version.
+        let first = self.diff_all(!resumed);
+        let first = self.message(first.0, !resumed, first.1, first.2);
+        tokio::time::timeout(ctx.settings.push_deadline, out.send(Ok(first)))
+            .await
+            .map_err(|_| "the agent took no first push".to_string())?
+            .map_err(|_| "the agent went away".to_string())?;
 
+        // Changes wait here while the agent is slow to read: they merge into one push
+        // instead of queueing one push per burst.
+        let mut pending = Pending::default();
         let every = ctx.settings.ping_interval;
         let mut pings = interval_at(Instant::now() + every, every);
         let mut last_heard = Instant::now();
@@ -118,19 +152,24 @@ impl Session {
                 .map(|(_, at)| *at + ctx.settings.push_deadline);
             tokio::select! {
                 change = changes.recv() => match change {
-                    Ok(c) => self.on_change(&c).await?,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        self.rescope();
-                        self.push_all(false, false).await?;
-                    }
+                    Ok(c) => pending.add(&c),
+                    Err(broadcast::error::RecvError::Lagged(_)) => pending.all = true,
                     Err(broadcast::error::RecvError::Closed) => return Err("server stopping".into()),
+                },
+                permit = out.reserve(), if pending.any() => {
+                    let permit = permit.map_err(|_| "the agent went away".to_string())?;
+                    if let Some(message) = self.take(&mut pending) {
+                        permit.send(Ok(message));
+                    }
                 },
                 msg = inbound.message() => {
                     last_heard = Instant::now();
                     match msg {
                         Ok(Some(m)) => {
-                            if let Some(reg) = self.on_message(m)? {
-                                self.set_registration(reg).await;
+                            if let Some(reg) = self.on_message(m)?
+                                && self.set_registration(reg).await
+                            {
+                                pending.all = true;
                             }
                         }
                         Ok(None) => return Ok(()),
@@ -142,11 +181,14 @@ impl Session {
                         return Err(format!("no word from the agent for {:?}", last_heard.elapsed()));
                     }
                     seq += 1;
-                    self.send(server_message::Kind::Ping(Ping {
-                        seq,
-                        interval_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
-                    }))
-                    .await?;
+                    // A full queue means the agent reads nothing; the push deadline ends
+                    // that stream, so a ping that does not fit is simply not sent.
+                    let _ = out.try_send(Ok(ServerMessage {
+                        kind: Some(server_message::Kind::Ping(Ping {
+                            seq,
+                            interval_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+                        })),
+                    }));
                 },
                 _ = sleep_until(deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if deadline.is_some() => {
                     return Err(format!(
@@ -156,8 +198,10 @@ impl Session {
                     ));
                 },
                 _ = sleep_until(retry), if self.unwritten.is_some() => {
-                    if let Some(reg) = self.unwritten.take() {
-                        self.set_registration(reg).await;
+                    if let Some(reg) = self.unwritten.take()
+                        && self.set_registration(reg).await
+                    {
+                        pending.all = true;
                     }
                     retry = Instant::now() + Duration::from_millis(500);
                 },
@@ -203,87 +247,78 @@ impl Session {
         self.scope = Scope::for_node(&self.namespaces, &mirror);
     }
 
-    async fn on_change(&mut self, c: &Changes) -> Result<(), String> {
-        if c.resync || c.keys.iter().any(|k| Scope::is_scope_key(k)) {
+    /// The push for what piled up, or `None` when it changes nothing the agent holds.
+    fn take(&mut self, pending: &mut Pending) -> Option<ServerMessage> {
+        let p = std::mem::take(pending);
+        let (revision, upserts, removals) = if p.all {
             self.rescope();
-            return self.push_all(false, false).await;
-        }
-        let (upserts, removals) = {
+            self.diff_all(false)
+        } else {
             let mirror = self.ctx.mirror.read();
             let scope = &self.scope;
-            self.held
-                .diff_keys(c.keys.iter().map(String::as_str), |key| {
-                    mirror
-                        .items
-                        .get(key)
-                        .filter(|_| scope.includes(key))
-                        .map(|e| (e.revision, e.value.to_vec()))
-                })
+            let (upserts, removals) =
+                self.held
+                    .diff_keys(p.keys.iter().map(String::as_str), |key| {
+                        mirror
+                            .items
+                            .get(key)
+                            .filter(|_| scope.includes(key))
+                            .map(|e| (e.revision, e.value.to_vec()))
+                    });
+            (p.revision.max(mirror.revision), upserts, removals)
         };
         if upserts.is_empty() && removals.is_empty() {
-            return Ok(());
+            return None;
         }
-        self.push(c.revision, false, upserts, removals).await
+        Some(self.message(revision, false, upserts, removals))
     }
 
-    /// Compares the whole view with what the agent holds. `full`: send everything and tell
-    /// the agent to drop the rest. `always`: push even when nothing differs (the first push
-    /// of a stream tells the agent which version it is current to).
-    async fn push_all(&mut self, full: bool, always: bool) -> Result<(), String> {
-        let (revision, upserts, removals) = {
-            let mirror = self.ctx.mirror.read();
-            let scope = &self.scope;
-            let view = mirror
-                .items
-                .iter()
-                .filter(|(k, _)| scope.includes(k))
-                .map(|(k, e)| (k.as_str(), e.revision, &e.value[..]));
-            let (upserts, removals) = self.held.diff_all(view, full);
-            (mirror.revision, upserts, removals)
-        };
-        if !always && upserts.is_empty() && removals.is_empty() {
-            return Ok(());
-        }
-        self.push(revision, full, upserts, removals).await
+    /// Compares the whole view with what the agent holds. `full`: everything, and the
+    /// agent drops the rest.
+    fn diff_all(&mut self, full: bool) -> (u64, Vec<Item>, Vec<String>) {
+        let mirror = self.ctx.mirror.read();
+        let scope = &self.scope;
+        let view = mirror
+            .items
+            .iter()
+            .filter(|(k, _)| scope.includes(k))
+            .map(|(k, e)| (k.as_str(), e.revision, &e.value[..]));
+        let (upserts, removals) = self.held.diff_all(view, full);
+        (mirror.revision, upserts, removals)
     }
 
-    async fn push(
+    /// A push with the next nonce, recorded as awaiting its answer.
+    fn message(
         &mut self,
         revision: u64,
         full: bool,
         upserts: Vec<Item>,
         removals: Vec<String>,
-    ) -> Result<(), String> {
+    ) -> ServerMessage {
         self.nonce += 1;
         let version = revision.to_string();
-        let nonce = self.nonce.to_string();
         tracing::debug!(node = %self.node, %version, upserts = upserts.len(), removals = removals.len(), full, "discovery: push");
-        self.send(server_message::Kind::Push(Push {
-            version: version.clone(),
-            nonce: nonce.clone(),
-            full,
-            upserts,
-            removals,
-        }))
-        .await?;
         self.ctx.nodes.sent(&self.node, &version);
         self.awaiting.push_back((self.nonce, Instant::now()));
-        Ok(())
-    }
-
-    async fn send(&self, kind: server_message::Kind) -> Result<(), String> {
-        self.out
-            .send(Ok(ServerMessage { kind: Some(kind) }))
-            .await
-            .map_err(|_| "the agent went away".to_string())
+        ServerMessage {
+            kind: Some(server_message::Kind::Push(Push {
+                version,
+                nonce: self.nonce.to_string(),
+                full,
+                upserts,
+                removals,
+            })),
+        }
     }
 
     /// Writes the node's workloads as endpoints: puts what changed, deletes what the node no
-    /// longer runs. Failing that (no leader), keeps it to retry.
-    async fn set_registration(&mut self, reg: Registration) {
+    /// longer runs. Failing that (no leader), keeps it to retry. Returns whether the node's
+    /// namespaces changed (and so what it may see).
+    async fn set_registration(&mut self, reg: Registration) -> bool {
         let namespaces: BTreeSet<String> =
             reg.workloads.iter().map(|w| w.namespace.clone()).collect();
-        if namespaces != self.namespaces {
+        let rescoped = namespaces != self.namespaces;
+        if rescoped {
             self.namespaces = namespaces;
             self.rescope();
         }
@@ -343,7 +378,7 @@ impl Session {
             ops
         };
         if ops.is_empty() {
-            return;
+            return rescoped;
         }
         let txn = Txn {
             compare: Vec::new(),
@@ -354,5 +389,6 @@ impl Session {
             tracing::warn!(node = %self.node, error = %e, "discovery: registration not stored yet; retrying");
             self.unwritten = Some(reg);
         }
+        rescoped
     }
 }
