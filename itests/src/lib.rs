@@ -242,6 +242,23 @@ impl AgentProcess {
         Self::spawn(node, args)
     }
 
+    /// Waits for the process to exit by itself; `None` if it is still running at the deadline.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// A standalone `trellis proxy --agent ADDR --config FILE`, fed by an agent.
     pub fn sidecar(name: &str, agent: &str, config: &Path) -> anyhow::Result<AgentProcess> {
         let args = vec![

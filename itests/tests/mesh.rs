@@ -28,6 +28,13 @@ async fn workload(version: &'static str) -> Workload {
             axum::routing::get(move || async move { format!("{{\"version\":\"{version}\"}}") }),
         )
         .route(
+            "/slow",
+            axum::routing::get(move || async move {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                format!("{{\"version\":\"{version}\"}}")
+            }),
+        )
+        .route(
             "/health",
             axum::routing::get(move || {
                 let ok = h.load(Ordering::SeqCst);
@@ -372,6 +379,30 @@ spec:
         .parse()
         .unwrap();
     converged(s0, &names, fixed, "every agent past the refused version").await;
+
+    // SIGTERM drains: a request in flight through the agent's proxy still completes, and
+    // the agent exits cleanly.
+    let up = mesh.upstream(2);
+    let slow = tokio::spawn(async move {
+        http()
+            .get(format!("http://{up}/slow"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut mesh = mesh;
+    mesh.agents[2].signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "the in-flight request finished"
+    );
+    let status = tokio::task::block_in_place(|| mesh.agents[2].wait_exit(Duration::from_secs(10)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the agent exits 0 after draining: {status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
