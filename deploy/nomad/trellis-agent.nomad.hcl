@@ -23,7 +23,8 @@ job "trellis-agent" {
           "--node", "${node.unique.name}",
           "--data-dir", "/var/lib/trellis/agent",
           "--config", "${NOMAD_TASK_DIR}/agent.yaml",
-          "--sidecar-addr", "127.0.0.1:15012",
+          # Bridge-mode tasks reach the host at its address, not at 127.0.0.1.
+          "--sidecar-addr", "${attr.unique.network.ip-address}:15012",
         ]
       }
 
