@@ -195,7 +195,46 @@ async fn stream(
                 }
                 return Err(reason);
             }
-            _ = stop.changed() => return Ok(Ended::Stopped),
+            _ = stop.changed() => {
+                if !shared.proxy_only {
+                    leave(server, tx, &mut inbound).await;
+                }
+                return Ok(Ended::Stopped);
+            }
+        }
+    }
+}
+
+/// A clean stop takes the node's workloads out of the mesh first (as a Consul client
+/// leaves on terminate), so other proxies stop sending new requests while this one drains.
+/// The registration goes as an empty one; the server has written it once it ends the
+/// stream after our end. A crash leaves the registration as it was.
+async fn leave(
+    server: &str,
+    tx: mpsc::Sender<AgentMessage>,
+    inbound: &mut tonic::Streaming<trellis_api::discovery::ServerMessage>,
+) {
+    let empty = Registration::default();
+    let _ = tx
+        .send(AgentMessage {
+            kind: Some(agent_message::Kind::Registration(empty)),
+        })
+        .await;
+    // Closing our side tells the server we are done; it ends its side once the
+    // registration is stored.
+    drop(tx);
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(until, inbound.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(_) => {
+                tracing::info!(server = %server, "left the mesh: workloads deregistered");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(server = %server, "leaving: the server did not confirm in 3s");
+                return;
+            }
         }
     }
 }

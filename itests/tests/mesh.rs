@@ -403,6 +403,20 @@ spec:
         status.is_some_and(|s| s.success()),
         "the agent exits 0 after draining: {status:?}"
     );
+    // It left the mesh on the way out: its workload is no longer registered.
+    let left = http()
+        .get(mesh.cluster.servers[0].url("/v1/health/service/frontend"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        left["items"],
+        serde_json::json!([]),
+        "frontend deregistered: {left}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
