@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use trellis_api::discovery::discovery_client::DiscoveryClient;
 use trellis_api::discovery::{
     Ack, AgentMessage, Hello, Pong, ServerMessage, agent_message, server_message,
 };
+use trellis_bench::{Processes, free_port, spawn};
 
 #[derive(Parser)]
 #[command(about = "How fast a config write reaches 1 to 10,000 discovery streams")]
@@ -61,34 +62,6 @@ struct Args {
     /// Keep the data dirs and server logs after the run (their path is printed).
     #[arg(long)]
     keep: bool,
-}
-
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
-    let out = std::fs::File::create(log)?;
-    Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))
 }
 
 type Http = Client<HttpConnector, Full<Bytes>>;
@@ -629,19 +602,7 @@ fn ms(us: u64) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let trellis = match &args.trellis {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("benchmark binary dir")?
-            .join("trellis"),
-    };
-    if !trellis.exists() {
-        bail!(
-            "{} not found: cargo build --release -p trellis -p trellis-bench",
-            trellis.display()
-        );
-    }
+    let trellis = trellis_bench::trellis_bin(args.trellis.as_deref())?;
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;

@@ -7,11 +7,12 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use trellis_bench::{Processes, free_port, spawn};
 
 #[derive(Parser)]
 #[command(about = "Trellis's proxy against direct connections and HAProxy, side by side")]
@@ -41,53 +42,6 @@ struct Args {
     /// Where configs and logs go (default: a temporary directory, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-/// Child processes, stopped (SIGTERM, then SIGKILL after 2 s) when dropped.
-#[derive(Default)]
-struct Processes(Vec<Child>);
-
-impl Processes {
-    fn pids(&self) -> Vec<u32> {
-        self.0.iter().map(Child::id).collect()
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for c in &mut self.0 {
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
-    let out = std::fs::File::create(log)?;
-    Command::new(bin)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))
 }
 
 fn wait_port(port: u16, procs: &mut Processes, log: &Path) -> anyhow::Result<()> {
@@ -478,13 +432,7 @@ fn version(bin: &Path, arg: &str) -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let trellis = match &args.trellis {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("no parent dir")?
-            .join("trellis"),
-    };
+    let trellis = trellis_bench::trellis_bin(args.trellis.as_deref())?;
     let tmp;
     let dir = match &args.dir {
         Some(d) => {

@@ -5,13 +5,14 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
+use trellis_bench::{Processes, free_port, spawn};
 use trellis_raft_store::pb as store_pb;
 
 mod etcd_pb {
@@ -44,34 +45,6 @@ struct Args {
     /// Keep the data dirs and server logs after the run (their path is printed).
     #[arg(long)]
     keep: bool,
-}
-
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
-    let out = std::fs::File::create(log)?;
-    Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))
 }
 
 async fn channel(addr: &str) -> anyhow::Result<Channel> {
@@ -306,19 +279,7 @@ fn ms(us: u64) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let trellis = match &args.trellis {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("benchmark binary dir")?
-            .join("trellis"),
-    };
-    if !trellis.exists() {
-        bail!(
-            "{} not found: cargo build --release -p trellis -p trellis-bench",
-            trellis.display()
-        );
-    }
+    let trellis = trellis_bench::trellis_bin(args.trellis.as_deref())?;
     if Command::new(&args.etcd).arg("--version").output().is_err() {
         bail!(
             "{} not found: apt-get install etcd-server",

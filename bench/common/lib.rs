@@ -1,0 +1,76 @@
+//! What every benchmark does the same way: find the `trellis` binary, pick free ports,
+//! start peer programs with their output in a log file, and stop them all at the end.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Child processes, stopped when dropped: SIGTERM, then SIGKILL after 2 s, so servers get a
+/// chance to shut down cleanly and nothing outlives the benchmark.
+#[derive(Default)]
+pub struct Processes(pub Vec<Child>);
+
+impl Processes {
+    pub fn pids(&self) -> Vec<u32> {
+        self.0.iter().map(Child::id).collect()
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for c in &mut self.0 {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A port the OS says is free now (the benchmark's peers need it on their command line).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `bin ARGS` with stdout and stderr in `log`.
+pub fn spawn(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out = std::fs::File::create(log)?;
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+/// The `trellis` binary: the one given, or the one built beside the benchmark.
+pub fn trellis_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let bin = match given {
+        Some(p) => p.to_owned(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("benchmark binary dir")?
+            .join("trellis"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: cargo build --release -p trellis -p trellis-bench",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
