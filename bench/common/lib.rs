@@ -74,3 +74,56 @@ pub fn trellis_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// Three `trellis server` processes on loopback forming one cluster by `--bootstrap-expect`,
+/// data dirs and logs under `dir`. Returns their gRPC and admin HTTP addresses.
+pub fn spawn_trellis_cluster(
+    bin: &Path,
+    dir: &Path,
+    procs: &mut Processes,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let addrs = || -> anyhow::Result<Vec<String>> {
+        (0..3)
+            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+            .collect()
+    };
+    let (grpc, admin) = (addrs()?, addrs()?);
+    for i in 0..3 {
+        let mut args = vec![
+            "server".to_string(),
+            "--data-dir".into(),
+            dir.join(format!("trellis{i}")).display().to_string(),
+            "--grpc-addr".into(),
+            grpc[i].clone(),
+            "--http-addr".into(),
+            admin[i].clone(),
+            "--bootstrap-expect".into(),
+            "3".into(),
+        ];
+        if i > 0 {
+            args.extend(["--join".to_string(), grpc[0].clone()]);
+        }
+        procs
+            .0
+            .push(spawn(bin, &args, &dir.join(format!("trellis{i}.log")))?);
+    }
+    Ok((grpc, admin))
+}
+
+/// utime + stime of a process (`/proc/PID/stat`; `self` for this one), in clock ticks.
+pub fn cpu_ticks(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    ticks(14) + ticks(15)
+}

@@ -27,7 +27,7 @@ use trellis_api::discovery::discovery_client::DiscoveryClient;
 use trellis_api::discovery::{
     Ack, AgentMessage, Hello, Pong, ServerMessage, agent_message, server_message,
 };
-use trellis_bench::{Processes, free_port, spawn};
+use trellis_bench::{Processes, cpu_ticks};
 
 #[derive(Parser)]
 #[command(about = "How fast a config write reaches 1 to 10,000 discovery streams")]
@@ -87,31 +87,7 @@ impl Cluster {
 
 async fn start_cluster(bin: &Path, dir: &Path, http: &Http) -> anyhow::Result<Cluster> {
     let mut procs = Processes(Vec::new());
-    let grpc: Vec<String> = (0..3)
-        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-        .collect::<Result<_, _>>()?;
-    let admin: Vec<String> = (0..3)
-        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-        .collect::<Result<_, _>>()?;
-    for i in 0..3 {
-        let mut args = vec![
-            "server".to_string(),
-            "--data-dir".into(),
-            dir.join(format!("trellis{i}")).display().to_string(),
-            "--grpc-addr".into(),
-            grpc[i].clone(),
-            "--http-addr".into(),
-            admin[i].clone(),
-            "--bootstrap-expect".into(),
-            "3".into(),
-        ];
-        if i > 0 {
-            args.extend(["--join".to_string(), grpc[0].clone()]);
-        }
-        procs
-            .0
-            .push(spawn(bin, &args, &dir.join(format!("trellis{i}.log")))?);
-    }
+    let (grpc, admin) = trellis_bench::spawn_trellis_cluster(bin, dir, &mut procs)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut leader_http = None;
@@ -363,24 +339,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .unwrap_or(0)
-}
-
-/// utime + stime of a process, in clock ticks (`/proc/PID/stat`).
-fn cpu_ticks(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3, utime 14, stime 15 (1-based in proc(5)).
-    let ticks = |i: usize| {
-        f.get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    ticks(14) + ticks(15)
 }
 
 /// CPU seconds so far of the servers and of this process.

@@ -194,20 +194,7 @@ backend be
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32, tick: f64) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3, utime 14, stime 15 (1-based in proc(5)).
-    let ticks = |i: usize| {
-        f.get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(14) + ticks(15)) / tick
+    trellis_bench::cpu_ticks(&pid.to_string()) / tick
 }
 
 /// VmHWM of a process, in MiB.

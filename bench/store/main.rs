@@ -63,28 +63,7 @@ struct Started {
 
 async fn start_trellis(bin: &Path, dir: &Path) -> anyhow::Result<Started> {
     let mut procs = Processes(Vec::new());
-    let grpc: Vec<String> = (0..3)
-        .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-        .collect::<Result<_, _>>()?;
-    for (i, addr) in grpc.iter().enumerate() {
-        let mut args = vec![
-            "server".to_string(),
-            "--data-dir".into(),
-            dir.join(format!("trellis{i}")).display().to_string(),
-            "--grpc-addr".into(),
-            addr.clone(),
-            "--http-addr".into(),
-            format!("127.0.0.1:{}", free_port()?),
-            "--bootstrap-expect".into(),
-            "3".into(),
-        ];
-        if i > 0 {
-            args.extend(["--join".to_string(), grpc[0].clone()]);
-        }
-        procs
-            .0
-            .push(spawn(bin, &args, &dir.join(format!("trellis{i}.log")))?);
-    }
+    let (grpc, _) = trellis_bench::spawn_trellis_cluster(bin, dir, &mut procs)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(ch) = channel(&grpc[0]).await {

@@ -492,6 +492,50 @@ impl Cluster {
     }
 }
 
+/// Applies YAML through a server's admin API; returns the revision it was stored at.
+pub async fn apply(server: &ServerProcess, yaml: &str) -> u64 {
+    let r = http()
+        .post(server.url("/v1/apply"))
+        .body(yaml.to_string())
+        .send()
+        .await
+        .expect("the admin API answers");
+    let status = r.status();
+    let index = r
+        .headers()
+        .get("x-trellis-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    assert!(
+        status.is_success(),
+        "apply failed: {}",
+        r.text().await.unwrap_or_default()
+    );
+    index.expect("X-Trellis-Index on every answer")
+}
+
+/// As [`apply`], retried until it succeeds within 30 s (a cluster electing a leader).
+pub async fn apply_when_possible(server: &ServerProcess, yaml: &str, what: &str) -> u64 {
+    eventually(Duration::from_secs(30), what, || async {
+        let r = http()
+            .post(server.url("/v1/apply"))
+            .body(yaml.to_string())
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.headers()
+            .get("x-trellis-index")?
+            .to_str()
+            .ok()?
+            .parse::<u64>()
+            .ok()
+    })
+    .await
+}
+
 /// An HTTP client of the admin API with short timeouts.
 pub fn http() -> reqwest::Client {
     init_tls();

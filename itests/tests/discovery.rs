@@ -8,7 +8,7 @@ use trellis_api::discovery::{
     Ack, AgentMessage, Held, Hello, ServerMessage, agent_message,
     discovery_client::DiscoveryClient, server_message,
 };
-use trellis_itests::{ServerProcess, eventually, http};
+use trellis_itests::{ServerProcess, apply, eventually, http};
 
 async fn single_server(dir: &Path) -> ServerProcess {
     let server = ServerProcess::start(
@@ -73,21 +73,6 @@ async fn next_push(stream: &mut tonic::Streaming<ServerMessage>) -> trellis_api:
             return p;
         }
     }
-}
-
-async fn apply(server: &ServerProcess, yaml: &str) -> u64 {
-    let r = http()
-        .post(server.url("/v1/apply"))
-        .body(yaml.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    r.headers()["x-trellis-index"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 fn vs(name: &str) -> String {

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use trellis_itests::{
-    AgentProcess, Cluster, ServerProcess, eventually, http, run_trellis_with_stdin,
+    AgentProcess, Cluster, ServerProcess, apply, apply_when_possible, eventually, http,
+    run_trellis_with_stdin,
 };
 
 /// A workload: answers `{"version": V}` on `/`, and `/health` with 200 or 503.
@@ -107,47 +108,6 @@ async fn nodes(server: &ServerProcess) -> Option<Vec<Node>> {
         return None;
     }
     Some(r.json::<Items>().await.ok()?.items)
-}
-
-/// Applies YAML through a server's admin API; returns the revision it was stored at.
-async fn apply(server: &ServerProcess, yaml: &str) -> u64 {
-    let r = http()
-        .post(server.url("/v1/apply"))
-        .body(yaml.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "apply failed: {}",
-        r.text().await.unwrap()
-    );
-    r.headers()["x-trellis-index"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// Applies through a server that may be waiting for a leader (after servers died).
-async fn apply_when_possible(server: &ServerProcess, yaml: &str, what: &str) -> u64 {
-    eventually(Duration::from_secs(30), what, || async {
-        let r = http()
-            .post(server.url("/v1/apply"))
-            .body(yaml.to_string())
-            .send()
-            .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        r.headers()["x-trellis-index"]
-            .to_str()
-            .ok()?
-            .parse::<u64>()
-            .ok()
-    })
-    .await
 }
 
 /// Waits until every named node runs a version at or after `revision`.
