@@ -40,8 +40,7 @@ pub struct ServerProcess {
     pub grpc: String,
     pub http: String,
     pub args: Vec<String>,
-    child: Option<Child>,
-    pub output: Arc<Mutex<Vec<String>>>,
+    pub process: Running,
 }
 
 impl ServerProcess {
@@ -78,14 +77,13 @@ impl ServerProcess {
             grpc: field("grpc")?,
             http: field("http")?,
             args,
-            child: Some(child),
-            output,
+            process: Running::new(child, output),
         })
     }
 
     /// Sends a signal (SIGSTOP freezes the process with its sockets open: a stalled peer).
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        signal_child(self.child.as_ref(), signal);
+        self.process.signal(signal);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -94,10 +92,7 @@ impl ServerProcess {
 
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts the same server again on the same ports and data dir.
@@ -110,24 +105,7 @@ impl ServerProcess {
     }
 
     pub fn log(&self) -> String {
-        self.output
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn signal_child(child: Option<&Child>, signal: nix::sys::signal::Signal) {
-    if let Some(c) = child
-        && let Ok(pid) = i32::try_from(c.id())
-    {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        self.process.log()
     }
 }
 
@@ -203,8 +181,7 @@ fn spawn_captured(args: &[String]) -> anyhow::Result<Captured> {
 pub struct AgentProcess {
     pub node: String,
     pub args: Vec<String>,
-    child: Option<Child>,
-    pub output: Arc<Mutex<Vec<String>>>,
+    pub process: Running,
 }
 
 impl AgentProcess {
@@ -244,19 +221,7 @@ impl AgentProcess {
 
     /// Waits for the process to exit by itself; `None` if it is still running at the deadline.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        self.process.wait_exit(within)
     }
 
     /// A standalone `trellis proxy --agent ADDR --config FILE`, fed by an agent.
@@ -280,21 +245,16 @@ impl AgentProcess {
 
     /// The stdout lines the process printed so far.
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.output
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.process.lines()
     }
 
     /// A `key=value` field of the line the process printed when it started.
     pub fn started_field(&self, key: &str) -> Option<String> {
         let first = self
-            .output
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|l| l.starts_with("agent ") || l.starts_with("proxy "))?
-            .clone();
+            .process
+            .lines()
+            .into_iter()
+            .find(|l| l.starts_with("agent ") || l.starts_with("proxy "))?;
         first
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
@@ -313,22 +273,18 @@ impl AgentProcess {
         Ok(AgentProcess {
             node: node.to_string(),
             args,
-            child: Some(child),
-            output,
+            process: Running::new(child, output),
         })
     }
 
     /// Sends a signal (SIGSTOP freezes the process with its sockets open: a stalled peer).
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        signal_child(self.child.as_ref(), signal);
+        self.process.signal(signal);
     }
 
     /// SIGKILL.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts the same agent again with the same data dir and config.
@@ -342,7 +298,8 @@ impl AgentProcess {
     /// (`listening listener=NAME local=ADDR`); the newest such line wins.
     pub fn listener(&self, name: &str) -> Option<String> {
         let key = format!("listener={name} ");
-        self.output
+        self.process
+            .output
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
@@ -355,14 +312,69 @@ impl AgentProcess {
     }
 
     pub fn log(&self) -> String {
-        self.output
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
+        self.process.log()
     }
 }
 
-impl Drop for AgentProcess {
+/// A started process with everything it printed; killed (SIGKILL) when dropped.
+pub struct Running {
+    child: Option<Child>,
+    pub output: Output,
+}
+
+impl Running {
+    fn new(child: Child, output: Output) -> Self {
+        Running {
+            child: Some(child),
+            output,
+        }
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child
+            && let Ok(pid) = i32::try_from(c.id())
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit by itself; `None` if it still runs at the deadline.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn log(&self) -> String {
+        self.lines().join("\n")
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
         self.kill();
     }
