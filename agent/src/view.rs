@@ -111,7 +111,9 @@ impl View {
                 let svc = services
                     .entry((ns.to_owned(), name.to_owned()))
                     .or_insert_with(|| new_service(ns, name));
-                if !svc.ports.iter().any(|p| p.number == ep.port) && svc.ports.is_empty() {
+                // A service nobody declared takes its port from its first endpoint; the
+                // others keep their own port on the endpoint.
+                if svc.ports.is_empty() {
                     svc.ports.push(ServicePortConfig {
                         number: ep.port,
                         name: String::new(),

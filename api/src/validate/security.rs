@@ -171,42 +171,24 @@ pub(super) fn validate_authorization_policy(
     }
     for (i, rule) in ap.rules.iter().enumerate() {
         let at = spec.field("rules").index(i);
-        if let Some(from) = &rule.from {
-            if from.is_empty() {
-                r.error(
-                    &at.field("from"),
-                    format!("`from` must not be empty, found at rule {i}"),
-                );
-            }
-            for (j, f) in from.iter().enumerate() {
-                let fp = at.field("from").index(j).field("source");
-                match &f.source {
-                    None => r.error(
-                        &fp,
-                        format!("`from.source` must not be nil, found at rule {i}"),
-                    ),
-                    Some(src) => validate_source(r, &fp, i, src),
-                }
-            }
-        }
-        if let Some(to) = &rule.to {
-            if to.is_empty() {
-                r.error(
-                    &at.field("to"),
-                    format!("`to` must not be empty, found at rule {i}"),
-                );
-            }
-            for (j, t) in to.iter().enumerate() {
-                let tp = at.field("to").index(j).field("operation");
-                match &t.operation {
-                    None => r.error(
-                        &tp,
-                        format!("`to.operation` must not be nil, found at rule {i}"),
-                    ),
-                    Some(op) => validate_operation(r, &tp, i, op),
-                }
-            }
-        }
+        clauses(
+            r,
+            &at,
+            i,
+            ("from", "source"),
+            rule.from.as_deref(),
+            |f| f.source.as_ref(),
+            validate_source,
+        );
+        clauses(
+            r,
+            &at,
+            i,
+            ("to", "operation"),
+            rule.to.as_deref(),
+            |t| t.operation.as_ref(),
+            validate_operation,
+        );
         for (j, c) in rule.when.iter().enumerate() {
             let cp = at.field("when").index(j);
             if c.key.is_empty() {
@@ -224,6 +206,38 @@ pub(super) fn validate_authorization_policy(
                 continue;
             }
             validate_condition(r, &cp.field("key"), &c.key, &c.values, &c.not_values);
+        }
+    }
+}
+
+/// `from` and `to` read the same way in Istio: when present, a non-empty list whose every
+/// element holds its one field (`source`, `operation`), which is then checked.
+fn clauses<C, T>(
+    r: &mut Report,
+    at: &FieldPath,
+    rule: usize,
+    (list, inner): (&str, &str),
+    items: Option<&[C]>,
+    get: impl Fn(&C) -> Option<&T>,
+    check: fn(&mut Report, &FieldPath, usize, &T),
+) {
+    let Some(items) = items else {
+        return;
+    };
+    if items.is_empty() {
+        r.error(
+            &at.field(list),
+            format!("`{list}` must not be empty, found at rule {rule}"),
+        );
+    }
+    for (j, item) in items.iter().enumerate() {
+        let path = at.field(list).index(j).field(inner);
+        match get(item) {
+            None => r.error(
+                &path,
+                format!("`{list}.{inner}` must not be nil, found at rule {rule}"),
+            ),
+            Some(v) => check(r, &path, rule, v),
         }
     }
 }

@@ -104,16 +104,16 @@ impl Compiler<'_> {
             let path = format!("spec.tcp[{i}]");
             let mut matches = Vec::new();
             for (j, m) in route.matches.iter().enumerate() {
-                if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
+                let at = format!("{path}.match[{j}]");
+                let scope = L4Scope {
+                    gateways: &m.gateways,
+                    source_labels: &m.source_labels,
+                    source_namespace: &m.source_namespace,
+                    port: m.port,
+                };
+                let Some(port) = self.l4_match_applies(&name, &at, scope, table.port)? else {
                     continue;
-                }
-                if !self.source_applies(&m.source_labels, &m.source_namespace) {
-                    continue;
-                }
-                let port = opt_port(&name, &format!("{path}.match[{j}].port"), m.port)?;
-                if port.is_some_and(|p| p != table.port) {
-                    continue;
-                }
+                };
                 matches.push(L4Match {
                     port,
                     destination_subnets: subnets(
@@ -148,16 +148,16 @@ impl Compiler<'_> {
             let path = format!("spec.tls[{i}]");
             let mut matches = Vec::new();
             for (j, m) in route.matches.iter().enumerate() {
-                if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
+                let at = format!("{path}.match[{j}]");
+                let scope = L4Scope {
+                    gateways: &m.gateways,
+                    source_labels: &m.source_labels,
+                    source_namespace: &m.source_namespace,
+                    port: m.port,
+                };
+                let Some(port) = self.l4_match_applies(&name, &at, scope, table.port)? else {
                     continue;
-                }
-                if !self.source_applies(&m.source_labels, &m.source_namespace) {
-                    continue;
-                }
-                let port = opt_port(&name, &format!("{path}.match[{j}].port"), m.port)?;
-                if port.is_some_and(|p| p != table.port) {
-                    continue;
-                }
+                };
                 matches.push(TlsMatch {
                     sni_hosts: m
                         .sni_hosts
@@ -183,6 +183,26 @@ impl Compiler<'_> {
             });
         }
         Ok(())
+    }
+
+    /// Whether a TCP or TLS match is for this proxy on this port: the mesh gateway, this
+    /// node as the source, the table's port. `Some(port)` (the match's own port, if it names
+    /// one) when it is.
+    fn l4_match_applies(
+        &self,
+        name: &str,
+        at: &str,
+        m: L4Scope<'_>,
+        table_port: u16,
+    ) -> Result<Option<Option<u16>>> {
+        if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
+            return Ok(None);
+        }
+        if !self.source_applies(m.source_labels, m.source_namespace) {
+            return Ok(None);
+        }
+        let port = opt_port(name, &format!("{at}.port"), m.port)?;
+        Ok(port.is_none_or(|p| p == table_port).then_some(port))
     }
 
     pub(super) fn source_applies(
@@ -576,4 +596,12 @@ impl Compiler<'_> {
         }
         Ok(())
     }
+}
+
+/// The fields TCP and TLS matches share that decide whether a match is for this proxy.
+struct L4Scope<'a> {
+    gateways: &'a [String],
+    source_labels: &'a BTreeMap<String, String>,
+    source_namespace: &'a str,
+    port: u32,
 }
