@@ -31,10 +31,19 @@ async fn dev_runs_a_mesh_with_demo_services() {
         "127.0.0.1:0",
     ])
     .unwrap();
-    let lines = eventually(Duration::from_secs(30), "the demo URLs", || async {
-        let lines = dev.stdout_lines();
-        url_of(&lines, "reviews").map(|_| lines)
-    })
+    // Everything it prints, up to its last line (`trellis get nodes`), not just the URLs: the
+    // examples to apply come after them.
+    let lines = eventually(
+        Duration::from_secs(30),
+        "the demo URLs and examples",
+        || async {
+            let lines = dev.stdout_lines();
+            lines
+                .iter()
+                .any(|l| l.contains("get nodes"))
+                .then_some(lines)
+        },
+    )
     .await;
     let api = url_of(&lines, "admin").expect("the admin API line");
     let frontend = url_of(&lines, "frontend").unwrap();
@@ -81,17 +90,38 @@ async fn dev_runs_a_mesh_with_demo_services() {
     })
     .await;
     assert!((174..=186).contains(&counted));
-    let (code, out, _) = run_trellis_with_stdin(
-        &["--server", &api, "get", "nodes"],
+    eventually(
+        Duration::from_secs(10),
+        "the dev node in get nodes",
+        || async {
+            let (code, out, _) = run_trellis_with_stdin(
+                &["--server", &api, "get", "nodes"],
+                &[],
+                None,
+                Duration::from_secs(30),
+            )
+            .ok()?;
+            (code == 0
+                && out
+                    .lines()
+                    .any(|l| l.starts_with("dev ") && l.contains("true")))
+            .then_some(())
+        },
+    )
+    .await;
+    let (code, out, err) = run_trellis_with_stdin(
+        &["--server", &api, "describe", "service", "reviews"],
         &[],
         None,
         Duration::from_secs(30),
     )
     .unwrap();
-    assert_eq!(code, 0);
+    assert_eq!(code, 0, "{err}");
+    let passing = out.lines().filter(|l| l.contains("passing")).count();
+    assert_eq!(passing, 2, "v1 and v2 registered and healthy:\n{out}");
     assert!(
-        out.lines()
-            .any(|l| l.starts_with("dev ") && l.contains("true")),
+        out.contains("version=v1") && out.contains("version=v2"),
         "{out}"
     );
+    assert!(out.contains("virtualservice/default/reviews"), "{out}");
 }

@@ -1,5 +1,6 @@
-//! What this server knows of the nodes streaming to it, written to the store (`/nodes/<name>`)
-//! at most once per flush interval, so ten thousand ACKs cost one write, not ten thousand.
+//! What this server knows of the nodes streaming to it, written to the store (`/nodes/<name>`).
+//! Connects, registrations and refusals go at once; version progress at most every 5 s per
+//! node, so ten thousand ACKs cost a few writes, not ten thousand.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ enum Dirty {
     /// Versions sent and acknowledged: they change with every push to every node, so they
     /// are written at most every [`PROGRESS_EVERY`] per node.
     Progress,
-    /// Connected, disconnected, registered, refused: written at the next flush.
+    /// Connected, disconnected, registered, refused: written at once.
     Now,
 }
 
@@ -47,12 +48,15 @@ struct Record {
 pub struct NodeTable {
     records: Arc<Mutex<HashMap<String, Record>>>,
     server: String,
+    /// Wakes the flusher for a change that should not wait for the next tick.
+    urgent: Arc<tokio::sync::Notify>,
 }
 
 impl NodeTable {
     pub fn new(server: String) -> Self {
         NodeTable {
             records: Arc::default(),
+            urgent: Arc::default(),
             server,
         }
     }
@@ -71,6 +75,9 @@ impl NodeTable {
         });
         f(record);
         record.dirty = record.dirty.max(urgency);
+        if urgency == Dirty::Now {
+            self.urgent.notify_one();
+        }
     }
 
     pub fn connected(&self, name: &str, agent_version: &str, applied: &str) {
@@ -124,6 +131,7 @@ impl NodeTable {
                 r.status.connected = false;
                 r.status.server.clear();
                 r.dirty = Dirty::Now;
+                self.urgent.notify_one();
             }
         }
     }
@@ -232,6 +240,9 @@ impl NodeTable {
             loop {
                 tokio::select! {
                     _ = tick.tick() => table.flush(&store).await,
+                    // Flushes are one after another, so a crowd of connects still makes
+                    // few writes: whatever piled up during one goes in the next.
+                    _ = table.urgent.notified() => table.flush(&store).await,
                     _ = stop.changed() => return,
                 }
             }
