@@ -45,6 +45,13 @@ struct Args {
     /// Keep the data dirs and server logs after the run (their path is printed).
     #[arg(long)]
     keep: bool,
+    /// Runs of each size per system, taken in turn (trellis, etcd, trellis, ...) so a
+    /// slow spell of the machine falls on both; the table shows the median rate.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// A second trellis binary to run beside the first (to compare two builds).
+    #[arg(long)]
+    also_trellis: Option<PathBuf>,
 }
 
 async fn channel(addr: &str) -> anyhow::Result<Channel> {
@@ -56,7 +63,7 @@ async fn channel(addr: &str) -> anyhow::Result<Channel> {
 
 /// A started cluster: its members' client addresses, the leader's first.
 struct Started {
-    _procs: Processes,
+    procs: Processes,
     leader: String,
     members: Vec<String>,
 }
@@ -78,7 +85,7 @@ async fn start_trellis(bin: &Path, dir: &Path) -> anyhow::Result<Started> {
                         .map(|m| m.addr.clone())
                         .context("leader not among members")?;
                     return Ok(Started {
-                        _procs: procs,
+                        procs,
                         leader,
                         members: grpc,
                     });
@@ -152,7 +159,7 @@ async fn start_etcd(bin: &Path, dir: &Path) -> anyhow::Result<Started> {
             && let Some(leader) = leader
         {
             return Ok(Started {
-                _procs: procs,
+                procs,
                 leader,
                 members,
             });
@@ -255,6 +262,42 @@ fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
 
+/// CPU seconds the cluster's processes have used so far.
+fn cluster_cpu(started: &Started) -> f64 {
+    started
+        .procs
+        .pids()
+        .iter()
+        .map(|p| trellis_bench::cpu_ticks(&p.to_string()))
+        .sum::<f64>()
+        / 100.0
+}
+
+/// All rounds of one size on one system.
+struct Runs {
+    rates: Vec<f64>,
+    latency: Histogram<u64>,
+    writes: usize,
+    cpu_secs: f64,
+}
+
+impl Runs {
+    fn new() -> anyhow::Result<Runs> {
+        Ok(Runs {
+            rates: Vec::new(),
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            writes: 0,
+            cpu_secs: 0.0,
+        })
+    }
+
+    fn median_rate(&self) -> f64 {
+        let mut r = self.rates.clone();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -272,13 +315,19 @@ async fn main() -> anyhow::Result<()> {
     if args.keep {
         eprintln!("keeping data dirs and logs in {}", base.path().display());
     }
-    let mut rows = Vec::new();
-    for (system, name) in [(System::Trellis, "trellis"), (System::Etcd, "etcd 3.4")] {
+    let mut systems: Vec<(String, System, Started)> = Vec::new();
+    let mut starts: Vec<(String, System, Option<PathBuf>)> =
+        vec![("trellis".into(), System::Trellis, Some(trellis))];
+    if let Some(b) = &args.also_trellis {
+        starts.push(("trellis B".into(), System::Trellis, Some(b.clone())));
+    }
+    starts.push(("etcd 3.4".into(), System::Etcd, None));
+    for (name, system, bin) in starts {
         let dir = base.path().join(name.replace(' ', "-"));
         std::fs::create_dir_all(&dir)?;
-        let cluster = match system {
-            System::Trellis => start_trellis(&trellis, &dir).await?,
-            System::Etcd => start_etcd(&args.etcd, &dir).await?,
+        let cluster = match (system, bin) {
+            (System::Trellis, Some(bin)) => start_trellis(&bin, &dir).await?,
+            _ => start_etcd(&args.etcd, &dir).await?,
         };
         eprintln!("{name}: cluster up, leader {}", cluster.leader);
         drive(
@@ -290,63 +339,81 @@ async fn main() -> anyhow::Result<()> {
             "warmup",
         )
         .await?;
-        let single = drive(
-            system,
-            std::slice::from_ref(&cluster.leader),
+        systems.push((name, system, cluster));
+    }
+    let sizes = [
+        (
+            format!("1 client x {} puts", args.single_puts),
             1,
             args.single_puts,
-            args.value_size,
-            "single",
-        )
-        .await?;
-        eprintln!("{name}: single client done");
-        let many = drive(
-            system,
-            &cluster.members,
+            true,
+        ),
+        (
+            format!("{} clients x {} puts", args.clients, args.concurrent_puts),
             args.clients,
             args.concurrent_puts,
-            args.value_size,
-            "many",
-        )
-        .await?;
-        eprintln!("{name}: {} clients done", args.clients);
-        rows.push((
-            format!("1 client x {} puts", args.single_puts),
-            name,
-            single,
-        ));
-        rows.push((
-            format!("{} clients x {} puts", args.clients, args.concurrent_puts),
-            name,
-            many,
-        ));
-        drop(cluster);
+            false,
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (run, clients, puts, to_leader) in &sizes {
+        let mut runs: Vec<Runs> = (0..systems.len())
+            .map(|_| Runs::new())
+            .collect::<Result<_, _>>()?;
+        for round in 0..args.rounds.max(1) {
+            for (i, (name, system, cluster)) in systems.iter().enumerate() {
+                let targets = if *to_leader {
+                    std::slice::from_ref(&cluster.leader)
+                } else {
+                    &cluster.members[..]
+                };
+                let cpu_before = cluster_cpu(cluster);
+                let tag = format!("r{round}-{clients}");
+                let o = drive(*system, targets, *clients, *puts, args.value_size, &tag).await?;
+                let r = &mut runs[i];
+                r.cpu_secs += cluster_cpu(cluster) - cpu_before;
+                r.writes += puts / clients * clients;
+                r.rates.push(o.writes_per_sec);
+                r.latency.add(o.latency)?;
+                eprintln!(
+                    "{name}: {run}, round {}: {:.0} writes/s",
+                    round + 1,
+                    o.writes_per_sec
+                );
+            }
+        }
+        for ((name, _, _), r) in systems.iter().zip(runs) {
+            rows.push((run.clone(), name.clone(), r));
+        }
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
     println!(
-        "store: 3 servers on loopback, fsync on, {}-byte values, gRPC put, one driver for both",
-        args.value_size
+        "store: 3 servers on loopback, fsync on, {}-byte values, gRPC put, one driver for all; \
+         median of {} rounds taken in turn, latency over all rounds, CPU of the 3 servers",
+        args.value_size,
+        args.rounds.max(1)
     );
     println!(
-        "| {:<26} | {:<8} | {:>9} | {:>7} | {:>7} | {:>8} | {:>7} |",
-        "run", "system", "writes/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+        "| {:<26} | {:<9} | {:>9} | {:>7} | {:>7} | {:>8} | {:>7} | {:>13} |",
+        "run", "system", "writes/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "CPU s/1k puts"
     );
     println!(
-        "|{:-<28}|{:-<10}|{:->11}|{:->9}|{:->9}|{:->10}|{:->9}|",
-        "", "", "", "", "", "", ""
+        "|{:-<28}|{:-<11}|{:->11}|{:->9}|{:->9}|{:->10}|{:->9}|{:->15}|",
+        "", "", "", "", "", "", "", ""
     );
-    for (run, name, o) in &rows {
+    for (run, name, r) in &rows {
         println!(
-            "| {:<26} | {:<8} | {:>9.0} | {:>7} | {:>7} | {:>8} | {:>7} |",
+            "| {:<26} | {:<9} | {:>9.0} | {:>7} | {:>7} | {:>8} | {:>7} | {:>13.3} |",
             run,
             name,
-            o.writes_per_sec,
-            ms(o.latency.value_at_quantile(0.50)),
-            ms(o.latency.value_at_quantile(0.99)),
-            ms(o.latency.value_at_quantile(0.999)),
-            ms(o.latency.max()),
+            r.median_rate(),
+            ms(r.latency.value_at_quantile(0.50)),
+            ms(r.latency.value_at_quantile(0.99)),
+            ms(r.latency.value_at_quantile(0.999)),
+            ms(r.latency.max()),
+            r.cpu_secs * 1000.0 / r.writes.max(1) as f64,
         );
     }
+    drop(systems);
     if args.keep {
         let _ = base.keep();
     }
