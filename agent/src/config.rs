@@ -41,6 +41,9 @@ pub struct AgentProxyConfig {
     pub limits: trellis_proxy::config::file::LimitsConfig,
     #[serde(default)]
     pub drain_timeout: Option<trellis_api::Duration>,
+    /// The proxy's worker threads; 0 means one per CPU. Default 2.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -153,6 +153,7 @@ impl View {
             resources,
             limits: proxy.limits.clone(),
             drain_timeout: proxy.drain_timeout,
+            concurrency: proxy.concurrency,
         })
     }
 

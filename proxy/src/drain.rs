@@ -15,18 +15,19 @@ pub struct Drain {
 }
 
 impl Drain {
-    /// Runs a connection's task, counted until it ends.
-    pub fn spawn<F>(&self, fut: F)
+    /// A connection's task, counted until it ends, to be run wherever the caller chooses
+    /// (a worker thread).
+    pub fn track<F>(&self, fut: F) -> impl Future<Output = ()> + Send + 'static
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let killed = self.killed.clone();
-        self.tracker.spawn(async move {
+        self.tracker.track_future(async move {
             tokio::select! {
                 _ = fut => {}
                 _ = killed.cancelled() => {}
             }
-        });
+        })
     }
 
     pub fn is_draining(&self) -> bool {

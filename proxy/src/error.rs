@@ -107,4 +107,7 @@ pub enum ProxyError {
 
     #[error("cannot listen for SIGTERM: {0}")]
     Signal(std::io::Error),
+
+    #[error("cannot start the proxy's worker threads: {0}")]
+    Workers(std::io::Error),
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::listener::Listeners;
-use crate::runtime::Runtime;
 use crate::shared::Shared;
 
 /// A running proxy. Cloning gives another handle to the same proxy.
@@ -26,7 +25,7 @@ impl ProxyHandle {
         let snapshot = Arc::new(snapshot);
         let listeners = Arc::new(Listeners::new());
         let bound = listeners.bind(&snapshot).await?;
-        let shared = Arc::new(Shared::new(Runtime::new(snapshot.clone(), None)));
+        let shared = Arc::new(Shared::start(snapshot.clone())?);
         listeners.activate(bound, &snapshot, &shared);
         for w in &snapshot.warnings {
             tracing::warn!("{w}");
@@ -73,6 +72,7 @@ impl ProxyHandle {
         self.listeners.stop_traffic();
         let cut = self.shared.drain.drain(timeout).await;
         self.listeners.stop_all();
+        self.shared.workers.stop();
         if cut > 0 {
             tracing::warn!(cut, "drain timeout: connections cut");
         }

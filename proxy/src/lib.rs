@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod shared;
 pub mod sni;
 pub mod tcp;
+pub mod workers;
 
 pub use config::{ProxyConfig, Snapshot, compile, load_file};
 pub use error::{CompileError, FileError, ProxyError};

@@ -19,7 +19,8 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(snapshot: Arc<Snapshot>, old: Option<&Runtime>) -> Self {
+    /// `workers`: how many worker threads keep upstream connections of their own.
+    pub fn new(snapshot: Arc<Snapshot>, old: Option<&Runtime>, workers: usize) -> Self {
         let clusters = snapshot
             .clusters
             .iter()
@@ -27,7 +28,12 @@ impl Runtime {
                 let prev = old.and_then(|o| o.clusters.get(name)).map(|c| c.as_ref());
                 (
                     name.clone(),
-                    Arc::new(ClusterRuntime::new(spec.clone(), prev, &snapshot.node)),
+                    Arc::new(ClusterRuntime::new(
+                        spec.clone(),
+                        prev,
+                        &snapshot.node,
+                        workers,
+                    )),
                 )
             })
             .collect();

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
+use crate::workers::Workers;
 
 pub struct Shared {
     runtime: ArcSwap<Runtime>,
@@ -16,16 +17,22 @@ pub struct Shared {
     swap_lock: std::sync::Mutex<()>,
     pub metrics: Metrics,
     pub drain: Drain,
+    /// Where downstream connections are served.
+    pub workers: Workers,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime) -> Self {
-        Self {
+    /// Starts the workers and the first runtime from `snapshot`.
+    pub fn start(snapshot: Arc<crate::config::Snapshot>) -> Result<Self, crate::ProxyError> {
+        let workers = Workers::start(crate::workers::resolve(snapshot.concurrency))?;
+        let runtime = Runtime::new(snapshot, None, workers.count());
+        Ok(Self {
             runtime: ArcSwap::from_pointee(runtime),
             swap_lock: std::sync::Mutex::new(()),
             metrics: Metrics::default(),
             drain: Drain::default(),
-        }
+            workers,
+        })
     }
 
     /// The runtime as of now. A request holds on to the one it started with, so a swap
@@ -37,7 +44,7 @@ impl Shared {
     pub fn swap(&self, snapshot: Arc<crate::config::Snapshot>) {
         let _guard = self.swap_lock.lock();
         let old = self.runtime.load_full();
-        let new = Runtime::new(snapshot, Some(&old));
+        let new = Runtime::new(snapshot, Some(&old), self.workers.count());
         self.runtime.store(Arc::new(new));
         self.metrics.config_swaps.inc();
     }

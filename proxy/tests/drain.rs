@@ -133,3 +133,50 @@ async fn run_from_file_reports_a_bad_file_by_name() {
     assert!(text.contains("broken.yaml"), "{text}");
     assert!(text.contains("listeners.admin.bind"), "{text}");
 }
+
+/// Threads of this test process named like the proxy's workers.
+fn worker_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("proxy-worker-"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+// Relies on one process per test (cargo nextest), so no other proxy's workers are counted.
+#[tokio::test]
+async fn connections_are_served_by_the_configured_workers_which_end_with_the_proxy() {
+    let up = upstream("one").await;
+    let yaml = format!(
+        r#"
+concurrency: 3
+drainTimeout: 1s
+listeners:
+  upstreams: [{{name: up, bind: "127.0.0.1:0", service: one}}]
+services:
+  - name: one
+    ports: [{{number: 80, protocol: HTTP}}]
+    endpoints: [{{address: 127.0.0.1, port: {}}}]
+"#,
+        up.port()
+    );
+    let before = worker_threads();
+    let proxy = start_proxy(&yaml).await;
+    // A new thread takes its name once it runs, so this may take a moment.
+    eventually("three workers (concurrency: 3)", || worker_threads() == before + 3).await;
+    // Six connections land on the three workers in turn; every one is served.
+    for _ in 0..6 {
+        let r = get(&client(), addr(&proxy, "up"), "/").await;
+        assert_eq!(r.status.as_u16(), 200);
+        assert_eq!(r.body, "one");
+    }
+    assert_eq!(up.hits(), 6);
+    assert_eq!(proxy.shutdown().await, 0);
+    assert_eq!(worker_threads(), before, "the workers end with the proxy");
+}

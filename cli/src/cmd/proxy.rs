@@ -68,6 +68,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
             listeners: file.listeners.clone(),
             limits: file.limits.clone(),
             drain_timeout: file.drain_timeout,
+            concurrency: file.concurrency,
         },
         ..AgentConfig::default()
     };

@@ -12,6 +12,8 @@ pub struct EndpointState {
     pub endpoint: Endpoint,
     /// `ip:port` or `name:port`: what the connector dials.
     pub authority: String,
+    /// The same, parsed once for the URIs of requests sent to it.
+    pub uri_authority: Option<http::uri::Authority>,
     /// When the endpoint joined a cluster that already existed: it warms up from then.
     /// Endpoints present when the cluster is first built start warm, as there is nothing
     /// already warm to spare them from.
@@ -43,8 +45,10 @@ pub enum Outcome {
 
 impl EndpointState {
     pub fn new(endpoint: Endpoint, warming: bool) -> Self {
+        let authority = endpoint.authority();
         Self {
-            authority: endpoint.authority(),
+            uri_authority: authority.parse().ok(),
+            authority,
             endpoint,
             warming_since: warming.then(Instant::now),
             active: AtomicUsize::new(0),
@@ -62,8 +66,10 @@ impl EndpointState {
             times: e.times,
             last_end: e.last_end,
         });
+        let authority = endpoint.authority();
         Self {
-            authority: endpoint.authority(),
+            uri_authority: authority.parse().ok(),
+            authority,
             endpoint,
             warming_since: self.warming_since,
             active: AtomicUsize::new(self.active()),

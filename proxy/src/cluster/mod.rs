@@ -33,8 +33,9 @@ pub struct ClusterRuntime {
 }
 
 impl ClusterRuntime {
-    /// Builds the live side of `spec`, keeping what `old` knew about the same endpoints.
-    pub fn new(spec: Cluster, old: Option<&ClusterRuntime>, node: &Node) -> Self {
+    /// Builds the live side of `spec`, keeping what `old` knew about the same endpoints;
+    /// `workers` pools of upstream connections, one per worker thread.
+    pub fn new(spec: Cluster, old: Option<&ClusterRuntime>, node: &Node, workers: usize) -> Self {
         let previous: HashMap<&str, &Arc<EndpointState>> = old
             .map(|o| {
                 o.endpoints
@@ -53,8 +54,8 @@ impl ClusterRuntime {
             })
             .collect();
         let pool = match old {
-            Some(o) if o.pool.limits == spec.pool => o.pool.clone(),
-            _ => Arc::new(Pool::new(&spec.pool)),
+            Some(o) if o.pool.limits == spec.pool && o.pool.workers() == workers => o.pool.clone(),
+            _ => Arc::new(Pool::new(&spec.pool, workers)),
         };
         let counters = old.map(|o| o.counters.clone()).unwrap_or_default();
         Self {
@@ -252,7 +253,7 @@ mod tests {
     }
 
     fn runtime(spec: Cluster) -> ClusterRuntime {
-        ClusterRuntime::new(spec, None, &Node::default())
+        ClusterRuntime::new(spec, None, &Node::default(), 1)
     }
 
     #[test]

@@ -141,17 +141,18 @@ impl AsyncWrite for Conn {
 
 pub type HttpClient = Client<Connector, Body>;
 
-/// The connections of one cluster. Kept across snapshot swaps while the cluster's limits stay
-/// the same, so a swap does not drop pooled connections.
+/// The connections of one cluster, pooled per worker thread so a request only ever uses
+/// connections its own thread drives. Kept across snapshot swaps while the cluster's limits
+/// stay the same, so a swap does not drop pooled connections. `maxConnections` counts the
+/// connections of all workers together.
 pub struct Pool {
     pub limits: PoolLimits,
     pub connector: Connector,
-    pub http1: HttpClient,
-    pub http2: HttpClient,
+    per_worker: Vec<(HttpClient, HttpClient)>,
 }
 
 impl Pool {
-    pub fn new(limits: &PoolLimits) -> Self {
+    pub fn new(limits: &PoolLimits, workers: usize) -> Self {
         let connections = limits
             .max_connections
             .map(|n| Arc::new(Semaphore::new(usize::try_from(n).unwrap_or(usize::MAX))));
@@ -169,7 +170,6 @@ impl Pool {
         if no_reuse {
             b1.pool_max_idle_per_host(0);
         }
-        let http1 = b1.build(connector.clone());
         let mut b2 = Client::builder(TokioExecutor::new());
         b2.pool_idle_timeout(idle)
             .pool_timer(TokioTimer::new())
@@ -177,12 +177,27 @@ impl Pool {
             .http2_only(true)
             .http2_keep_alive_interval(Some(Duration::from_secs(30)))
             .http2_keep_alive_timeout(Duration::from_secs(10));
-        let http2 = b2.build(connector.clone());
+        let per_worker = (0..workers.max(1))
+            .map(|_| (b1.build(connector.clone()), b2.build(connector.clone())))
+            .collect();
         Self {
             limits: limits.clone(),
             connector,
-            http1,
-            http2,
+            per_worker,
         }
+    }
+
+    pub fn workers(&self) -> usize {
+        self.per_worker.len()
+    }
+
+    /// The HTTP/1.1 client of the worker this runs on.
+    pub fn http1(&self) -> &HttpClient {
+        &self.per_worker[crate::workers::current() % self.per_worker.len()].0
+    }
+
+    /// The HTTP/2 client of the worker this runs on.
+    pub fn http2(&self) -> &HttpClient {
+        &self.per_worker[crate::workers::current() % self.per_worker.len()].1
     }
 }

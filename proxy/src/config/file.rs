@@ -40,6 +40,9 @@ pub struct ProxyConfig {
     pub limits: LimitsConfig,
     /// How long in-flight work may take to finish after SIGTERM. Default 5s.
     pub drain_timeout: Option<Duration>,
+    /// Worker threads serving connections; 0 means one per CPU. Default 2 (Istio's
+    /// `ProxyConfig.concurrency` for sidecars).
+    pub concurrency: Option<u32>,
 }
 
 /// Who this proxy is: used for locality-aware load balancing and in metrics.
@@ -207,6 +210,8 @@ struct RawFile {
     limits: LimitsConfig,
     #[serde(default)]
     drain_timeout: Option<Duration>,
+    #[serde(default)]
+    concurrency: Option<u32>,
 }
 
 impl ProxyConfig {
@@ -273,6 +278,7 @@ impl ProxyConfig {
             resources,
             limits: raw.limits,
             drain_timeout: raw.drain_timeout,
+            concurrency: raw.concurrency,
         })
     }
 }

@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub tls_by_port: BTreeMap<u16, Vec<TlsRoute>>,
     pub limits: Limits,
     pub drain_timeout: Duration,
+    /// Worker threads; 0 means one per CPU. Read when the proxy starts.
+    pub concurrency: u32,
     /// What was accepted but worth telling the operator.
     pub warnings: Vec<String>,
 }

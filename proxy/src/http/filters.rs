@@ -20,6 +20,14 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests carry none of these: one pass over the few names present is cheaper
+    // than a lookup for each name that could be.
+    if !headers
+        .keys()
+        .any(|n| *n == header::TE || HOP_BY_HOP.contains(n))
+    {
+        return;
+    }
     // Headers the client listed in `Connection` are hop-by-hop too.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -216,6 +224,17 @@ pub fn direct_response(status: u16, body_text: Option<&str>) -> Response<Body> {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
     resp
+}
+
+/// A fresh `x-request-id`: 128 random bits as 32 hex digits.
+pub fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let id: u128 = rand::random();
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]

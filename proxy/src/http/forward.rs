@@ -13,7 +13,7 @@ use rand::Rng;
 use super::LocalError;
 use super::replay::Replay;
 use crate::body::{self, Body, Guarded};
-use crate::cluster::endpoint::Outcome;
+use crate::cluster::endpoint::{EndpointState, Outcome};
 use crate::cluster::pool::{ConnectTimeout, PoolOverflow};
 use crate::cluster::{ClusterRuntime, RetryPermit};
 use crate::config::{HttpRoute, Protocol, RetryOn};
@@ -207,11 +207,11 @@ pub async fn forward(
             tried.push(idx);
             let endpoint = cluster.endpoints[idx].clone();
             let active = endpoint.start_request();
-            let req = upstream_request(&parts, replay.attempt(), &endpoint.authority, http2);
+            let req = upstream_request(&parts, replay.attempt(), &endpoint, http2);
             let client = if http2 {
-                &cluster.pool.http2
+                cluster.pool.http2()
             } else {
-                &cluster.pool.http1
+                cluster.pool.http1()
             };
             let sent = client.request(req);
             let result = match policy.per_try_timeout {
@@ -274,16 +274,13 @@ pub async fn forward(
 fn upstream_request(
     parts: &Parts,
     body: super::replay::ReplayBody,
-    authority: &str,
+    endpoint: &EndpointState,
     http2: bool,
 ) -> Request<Body> {
     let mut req = Request::new(body::boxed(body));
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    *req.uri_mut() = format!("http://{authority}{pq}")
-        .parse::<Uri>()
-        .unwrap_or_else(|_| Uri::from_static("/"));
+    *req.uri_mut() = upstream_uri(parts, endpoint);
     *req.version_mut() = if http2 {
         Version::HTTP_2
     } else {
@@ -297,6 +294,29 @@ fn upstream_request(
         req.headers_mut().insert(http::header::HOST, v);
     }
     req
+}
+
+/// `http://ENDPOINT/PATH?QUERY`, from parts already parsed (cheap clones) where possible.
+fn upstream_uri(parts: &Parts, endpoint: &EndpointState) -> Uri {
+    if let Some(authority) = &endpoint.uri_authority {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority.clone());
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        if let Ok(uri) = Uri::from_parts(uri) {
+            return uri;
+        }
+    }
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{}{pq}", endpoint.authority)
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 #[cfg(test)]

@@ -318,10 +318,7 @@ async fn proxy(
     let upgrade = filters::is_upgrade(&parts);
     filters::strip_hop_by_hop(&mut parts.headers, upgrade);
     if !parts.headers.contains_key("x-request-id") {
-        let id: u128 = rand::rng().random();
-        if let Ok(v) = HeaderValue::from_str(&format!("{id:032x}")) {
-            parts.headers.insert("x-request-id", v);
-        }
+        parts.headers.insert("x-request-id", filters::request_id());
     }
     route.request_headers.apply(&mut parts.headers);
     dest.request_headers.apply(&mut parts.headers);
@@ -479,9 +476,9 @@ async fn mirror(
             };
             *req.uri_mut() = uri;
             let client = if http2 {
-                &cluster.pool.http2
+                cluster.pool.http2()
             } else {
-                &cluster.pool.http1
+                cluster.pool.http1()
             };
             let sent = tokio::time::timeout(std::time::Duration::from_secs(30), async {
                 if let Ok(resp) = client.request(req).await {

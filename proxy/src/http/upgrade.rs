@@ -34,7 +34,7 @@ pub async fn forward(
     *req.uri_mut() = format!("http://{}{pq}", endpoint.authority)
         .parse::<Uri>()
         .unwrap_or_else(|_| Uri::from_static("/"));
-    let mut resp = cluster.pool.http1.request(req).await.map_err(|e| {
+    let mut resp = cluster.pool.http1().request(req).await.map_err(|e| {
         tracing::warn!(cluster = %cluster.spec.name, error = %e, "upgrade request failed");
         LocalError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -52,7 +52,8 @@ pub async fn forward(
     }
     let server_upgrade = hyper::upgrade::on(&mut resp);
     let label = cluster.spec.name.clone();
-    drain.spawn(async move {
+    // On this worker, beside the two connections it joins.
+    tokio::spawn(drain.track(async move {
         let _active = active;
         let (client, server) = match tokio::try_join!(client_upgrade, server_upgrade) {
             Ok(pair) => pair,
@@ -66,7 +67,7 @@ pub async fn forward(
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
             tracing::debug!(cluster = %label, error = %e, "upgraded connection ended");
         }
-    });
+    }));
     let (parts, _) = resp.into_parts();
     Ok(Response::from_parts(parts, body::empty()))
 }

@@ -151,17 +151,32 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     let shared2 = shared.clone();
                     let name = name.clone();
+                    if admin {
+                        // Not counted by the drain: a scraper's keep-alive must not hold it
+                        // up. Served where it was accepted, off the workers.
+                        tokio::spawn(async move {
+                            connection(stream, peer, name, shared2).await;
+                        });
+                        continue;
+                    }
+                    // The socket moves to a worker's runtime: it is registered there, inside
+                    // the job, so its reads and writes wake that worker alone.
+                    let stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(listener = %name, error = %e, "cannot hand a connection to a worker");
+                            continue;
+                        }
+                    };
                     let work = async move {
+                        let Ok(stream) = TcpStream::from_std(stream) else {
+                            return;
+                        };
                         shared2.metrics.downstream_connections.inc();
                         connection(stream, peer, name, shared2.clone()).await;
                         shared2.metrics.downstream_connections.dec();
                     };
-                    if admin {
-                        // Not counted by the drain: a scraper's keep-alive must not hold it up.
-                        tokio::spawn(work);
-                    } else {
-                        shared.drain.spawn(work);
-                    }
+                    shared.workers.spawn(shared.drain.track(work));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -157,6 +157,7 @@ pub fn compile(config: &ProxyConfig) -> Result<Snapshot> {
         tls_by_port,
         limits,
         drain_timeout: config.drain_timeout.unwrap_or(secs(5)),
+        concurrency: config.concurrency.unwrap_or(2),
         warnings: c.warnings,
     };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
