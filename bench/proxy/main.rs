@@ -1,8 +1,8 @@
 //! bench-proxy: one nginx upstream reached directly, through one and two Trellis proxies,
 //! and through one and two HAProxy processes, all on loopback in one run. Measures latency
 //! at fixed open-loop rates (oha, with latency correction), closed-loop maximum throughput
-//! (wrk), the proxies' CPU per 1,000 requests and their peak RSS, and prints one table per
-//! metric group.
+//! (wrk), HTTP/2 throughput with many streams per connection (h2load), the proxies' CPU per
+//! 1,000 requests and their peak RSS, and prints one table per metric group.
 #![forbid(unsafe_code)]
 
 use std::net::TcpStream;
@@ -30,6 +30,12 @@ struct Args {
     /// Closed-loop load generator (Debian: apt-get install wrk).
     #[arg(long, default_value = "wrk")]
     wrk: PathBuf,
+    /// HTTP/2 load generator (Debian: apt-get install nghttp2-client).
+    #[arg(long, default_value = "h2load")]
+    h2load: PathBuf,
+    /// Concurrent HTTP/2 streams per h2load connection.
+    #[arg(long, default_value_t = 10)]
+    h2_streams: u32,
     /// Open-loop rates, requests per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,2000,5000")]
     rates: Vec<u32>,
@@ -60,7 +66,8 @@ fn wait_port(port: u16, procs: &mut Processes, log: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
-fn start_nginx(bin: &Path, dir: &Path, port: u16) -> anyhow::Result<Processes> {
+/// nginx answering HTTP/1.1 on `port` and HTTP/2 (prior knowledge) on `h2_port`.
+fn start_nginx(bin: &Path, dir: &Path, port: u16, h2_port: u16) -> anyhow::Result<Processes> {
     let d = dir.display();
     let conf = format!(
         "user root;
@@ -79,6 +86,13 @@ http {{
     keepalive_requests 1000000;
     server {{
         listen 127.0.0.1:{port};
+        location / {{
+            default_type text/plain;
+            return 200 \"hello from nginx\\n\";
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{h2_port} http2;
         location / {{
             default_type text/plain;
             return 200 \"hello from nginx\\n\";
@@ -326,19 +340,88 @@ fn wrk_duration_ms(v: &str) -> f64 {
     }
 }
 
+struct Http2 {
+    rps: f64,
+    mean_ms: f64,
+    max_ms: f64,
+    failed: u64,
+    cpu_per_1k: f64,
+}
+
+/// h2load over prior-knowledge HTTP/2: requests/s, mean and max latency, failed and
+/// succeeded requests.
+fn run_h2load(args: &Args, port: u16) -> anyhow::Result<(f64, f64, f64, u64, u64)> {
+    let out = Command::new(&args.h2load)
+        .args([
+            "-t",
+            "1",
+            "-c",
+            &args.connections.to_string(),
+            "-m",
+            &args.h2_streams.to_string(),
+            "-D",
+            &args.seconds.to_string(),
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", args.h2load.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "h2load failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // finished in 10.00s, 34698.13 req/s, 1.46MB/s
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in"))
+        .and_then(|l| l.split(',').nth(1))
+        .and_then(|v| v.trim().strip_suffix("req/s"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("no req/s in h2load's output")?;
+    // requests: 100 total, 100 started, 100 done, 98 succeeded, 2 failed, ...
+    let count = |what: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("requests:"))
+            .and_then(|l| {
+                l.split(',')
+                    .find(|part| part.trim().ends_with(what))
+                    .and_then(|part| part.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    // time for request:   209us   4.18ms   922us   542us   86.15%  (min max mean sd)
+    let times: Vec<f64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("time for request:"))
+        .map(|l| l.split_whitespace().map(wrk_duration_ms).collect())
+        .unwrap_or_default();
+    let max_ms = times.get(1).copied().unwrap_or(f64::NAN);
+    let mean_ms = times.get(2).copied().unwrap_or(f64::NAN);
+    Ok((rps, mean_ms, max_ms, count("failed"), count("succeeded")))
+}
+
 struct ChainResult {
     name: &'static str,
     open: Vec<OpenLoop>,
     closed: ClosedLoop,
+    /// `None` when h2load is not installed.
+    http2: Option<Http2>,
     /// Largest VmHWM among the chain's proxies after the 1,000 rps run (or the first rate).
     peak_rss_mib: f64,
     proxies: usize,
 }
 
+/// `h2_port`: where the chain takes HTTP/2 (the same port for the proxies, which sniff
+/// it; nginx's HTTP/2 port for `direct`), `None` to skip HTTP/2.
 fn measure(
     args: &Args,
     name: &'static str,
     port: u16,
+    h2_port: Option<u16>,
     procs: &Processes,
     tick: f64,
 ) -> anyhow::Result<ChainResult> {
@@ -383,14 +466,32 @@ fn measure(
     let (rps, p99_ms, requests) = run_wrk(args, port)?;
     let used = cpu() - before;
     eprintln!("{name:<12} closed loop: {rps:.0} rps, p99 {p99_ms:.3} ms");
+    let closed = ClosedLoop {
+        rps,
+        p99_ms,
+        cpu_per_1k: per_1k(used, requests),
+    };
+    let http2 = match h2_port {
+        Some(h2_port) => {
+            let before = cpu();
+            let (rps, mean_ms, max_ms, failed, succeeded) = run_h2load(args, h2_port)?;
+            let used = cpu() - before;
+            eprintln!("{name:<12} http/2: {rps:.0} rps, mean {mean_ms:.3} ms, {failed} failed");
+            Some(Http2 {
+                rps,
+                mean_ms,
+                max_ms,
+                failed,
+                cpu_per_1k: per_1k(used, succeeded + failed),
+            })
+        }
+        None => None,
+    };
     Ok(ChainResult {
         name,
         open,
-        closed: ClosedLoop {
-            rps,
-            p99_ms,
-            cpu_per_1k: per_1k(used, requests),
-        },
+        closed,
+        http2,
         peak_rss_mib: peak.unwrap_or(0.0),
         proxies: pids.len(),
     })
@@ -449,14 +550,26 @@ fn main() -> anyhow::Result<()> {
         version(&args.oha, "--version")
     );
 
+    let h2 = Command::new(&args.h2load)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !h2 {
+        eprintln!(
+            "{} not found (apt-get install nghttp2-client): no HTTP/2 table",
+            args.h2load.display()
+        );
+    }
     let nginx_port = free_port()?;
-    let _nginx = start_nginx(&args.nginx, &dir, nginx_port)?;
+    let nginx_h2_port = free_port()?;
+    let _nginx = start_nginx(&args.nginx, &dir, nginx_port, nginx_h2_port)?;
     let mut results = Vec::new();
 
     results.push(measure(
         &args,
         "direct",
         nginx_port,
+        h2.then_some(nginx_h2_port),
         &Processes::default(),
         tick,
     )?);
@@ -470,7 +583,14 @@ fn main() -> anyhow::Result<()> {
             None,
             &mut p,
         )?;
-        results.push(measure(&args, "trellis x1", port, &p, tick)?);
+        results.push(measure(
+            &args,
+            "trellis x1",
+            port,
+            h2.then_some(port),
+            &p,
+            tick,
+        )?);
     }
     {
         let mut p = Processes::default();
@@ -490,13 +610,27 @@ fn main() -> anyhow::Result<()> {
             None,
             &mut p,
         )?;
-        results.push(measure(&args, "trellis x2", port, &p, tick)?);
+        results.push(measure(
+            &args,
+            "trellis x2",
+            port,
+            h2.then_some(port),
+            &p,
+            tick,
+        )?);
     }
     {
         let mut p = Processes::default();
         let port = free_port()?;
         start_haproxy(&args.haproxy, &dir, "haproxy1", port, nginx_port, &mut p)?;
-        results.push(measure(&args, "haproxy x1", port, &p, tick)?);
+        results.push(measure(
+            &args,
+            "haproxy x1",
+            port,
+            h2.then_some(port),
+            &p,
+            tick,
+        )?);
     }
     {
         let mut p = Processes::default();
@@ -511,7 +645,14 @@ fn main() -> anyhow::Result<()> {
         )?;
         let port = free_port()?;
         start_haproxy(&args.haproxy, &dir, "haproxy2-client", port, server, &mut p)?;
-        results.push(measure(&args, "haproxy x2", port, &p, tick)?);
+        results.push(measure(
+            &args,
+            "haproxy x2",
+            port,
+            h2.then_some(port),
+            &p,
+            tick,
+        )?);
     }
 
     print_tables(&args, &results);
@@ -570,6 +711,34 @@ fn print_tables(args: &Args, results: &[ChainResult]) {
             100.0 * r.closed.rps / direct.closed.rps,
             r.closed.p99_ms
         );
+    }
+    if results.iter().all(|r| r.http2.is_some()) {
+        println!(
+            "\n### HTTP/2 (h2load, prior knowledge, 1 thread, {} connections x {} streams, {} s; the proxies speak HTTP/1.1 to nginx)\n",
+            args.connections, args.h2_streams, args.seconds
+        );
+        println!("| chain      |  req/s | vs direct | mean ms | max ms | failed | CPU s/1k |");
+        println!("|------------|--------|-----------|---------|--------|--------|----------|");
+        let direct_rps = direct.http2.as_ref().map_or(f64::NAN, |h| h.rps);
+        for r in results {
+            if let Some(h) = &r.http2 {
+                let cpu = if r.proxies == 0 {
+                    "—".to_string()
+                } else {
+                    format!("{:.3}", h.cpu_per_1k)
+                };
+                println!(
+                    "| {:<10} | {:>6.0} | {:>7.0} % | {:>7.3} | {:>6.2} | {:>6} | {:>8} |",
+                    r.name,
+                    h.rps,
+                    100.0 * h.rps / direct_rps,
+                    h.mean_ms,
+                    h.max_ms,
+                    h.failed,
+                    cpu
+                );
+            }
+        }
     }
     println!(
         "\n### Proxy CPU seconds per 1,000 requests (all proxies of the chain) and peak RSS\n"

@@ -169,7 +169,10 @@ services:
     let before = worker_threads();
     let proxy = start_proxy(&yaml).await;
     // A new thread takes its name once it runs, so this may take a moment.
-    eventually("three workers (concurrency: 3)", || worker_threads() == before + 3).await;
+    eventually("three workers (concurrency: 3)", || {
+        worker_threads() == before + 3
+    })
+    .await;
     // Six connections land on the three workers in turn; every one is served.
     for _ in 0..6 {
         let r = get(&client(), addr(&proxy, "up"), "/").await;
