@@ -646,22 +646,38 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let db = self.db.clone();
         blocking(move || {
             let err: IoKind = StorageIOError::write_state_machine;
-            // A write transaction both reads a consistent state and, committed durably,
-            // makes every state machine commit before it durable too.
-            let mut tx = db.begin_write().io(err)?;
-            tx.set_durability(Durability::Immediate).io(err)?;
-            let last_applied: Option<LogId> = StateMachine::get_meta(&tx, LAST_APPLIED)?;
-            let membership: StoredMembership = StateMachine::get_meta(&tx, MEMBERSHIP)?;
-            let revision: u64 = StateMachine::get_meta(&tx, REVISION)?;
-            let cluster_id: String = StateMachine::get_meta(&tx, CLUSTER_ID)?;
+            // Read from a snapshot of the database, not under the write lock: a whole copy
+            // of the keys takes long, and applies go on meanwhile.
+            let read = db.begin_read().io(err)?;
+            let meta_of = |key: &str| -> Result<Option<Vec<u8>>, StorageError> {
+                let table = read.open_table(SM_META).io(err)?;
+                Ok(table.get(key).io(err)?.map(|v| v.value().to_vec()))
+            };
+            let last_applied: Option<LogId> = match meta_of(LAST_APPLIED)? {
+                Some(v) => decode(&v).io(err)?,
+                None => None,
+            };
+            let membership: StoredMembership = match meta_of(MEMBERSHIP)? {
+                Some(v) => decode(&v).io(err)?,
+                None => StoredMembership::default(),
+            };
+            let revision: u64 = match meta_of(REVISION)? {
+                Some(v) => decode(&v).io(err)?,
+                None => 0,
+            };
+            let cluster_id: String = match meta_of(CLUSTER_ID)? {
+                Some(v) => decode(&v).io(err)?,
+                None => String::new(),
+            };
             let mut kvs = Vec::new();
             {
-                let kv = tx.open_table(KV).io(err)?;
+                let kv = read.open_table(KV).io(err)?;
                 for item in kv.iter().io(err)? {
                     let (k, v) = item.io(err)?;
                     kvs.push((k.value().to_vec(), decode::<Record>(v.value()).io(err)?));
                 }
             }
+            drop(read);
             let data = encode(&SnapshotBody {
                 revision,
                 cluster_id,
@@ -677,6 +693,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_membership: membership,
                 snapshot_id,
             };
+            // Committed durably, this also makes every state machine commit before it
+            // durable, and those already reach past the snapshot: a restart never finds the
+            // log purged beyond what the state machine holds.
+            let mut tx = db.begin_write().io(err)?;
+            tx.set_durability(Durability::Immediate).io(err)?;
             {
                 let mut snap = tx.open_table(SNAPSHOT).io(err)?;
                 snap.insert(SNAPSHOT_META, encode(&meta).io(err)?.as_slice())
