@@ -42,16 +42,29 @@ pub struct RaftService {
 
 impl RaftService {
     fn check(&self, msg: &pb::RaftMessage) -> Result<(), Status> {
-        let ours = self.node.cluster_id();
-        if !ours.is_empty() && !msg.cluster_id.is_empty() && ours != msg.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "this server belongs to cluster {ours}, the message came from cluster {}",
-                msg.cluster_id
-            )));
-        }
-        Ok(())
+        check_cluster(&self.node, msg)
     }
 }
+
+fn check_cluster(node: &StoreNode, msg: &pb::RaftMessage) -> Result<(), Status> {
+    let ours = node.cluster_id();
+    if !ours.is_empty() && !msg.cluster_id.is_empty() && ours != msg.cluster_id {
+        return Err(Status::failed_precondition(format!(
+            "this server belongs to cluster {ours}, the message came from cluster {}",
+            msg.cluster_id
+        )));
+    }
+    Ok(())
+}
+
+async fn append_entries(node: &StoreNode, msg: pb::RaftMessage) -> Result<pb::RaftMessage, Status> {
+    check_cluster(node, &msg)?;
+    let req: AppendEntriesRequest<TypeConfig> = decode(&msg.payload).map_err(bad_payload)?;
+    let raft = node.raft().map_err(Status::from)?;
+    reply(&raft.append_entries(req).await, node.cluster_id()).map(Response::into_inner)
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::RaftMessage, Status>> + Send>>;
 
 fn reply<T: serde::Serialize>(
     value: &T,
@@ -85,11 +98,32 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let msg = request.into_inner();
-        self.check(&msg)?;
-        let req: AppendEntriesRequest<TypeConfig> = decode(&msg.payload).map_err(bad_payload)?;
-        let raft = self.node.raft().map_err(Status::from)?;
-        reply(&raft.append_entries(req).await, self.node.cluster_id())
+        append_entries(&self.node, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type AppendStreamStream = ReplyStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::RaftMessage>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        // Each request is handled as the reply stream is polled, so a message goes from
+        // the connection to openraft and back without a task of its own. The first
+        // error ends the stream with its status; the leader opens a new one.
+        let replies = futures::stream::unfold(
+            Some((request.into_inner(), self.node.clone())),
+            |state| async move {
+                let (mut inbound, node) = state?;
+                let msg = inbound.message().await.ok()??;
+                match append_entries(&node, msg).await {
+                    Ok(reply) => Some((Ok(reply), Some((inbound, node)))),
+                    Err(status) => Some((Err(status), None)),
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn install_snapshot(

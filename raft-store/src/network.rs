@@ -61,6 +61,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             net: self.clone(),
             target,
             addr: node.addr.clone(),
+            append: None,
         }
     }
 }
@@ -69,6 +70,15 @@ pub struct PeerLink {
     net: Network,
     target: NodeId,
     addr: String,
+    /// The AppendEntries stream to this peer, opened on first use. It is taken out while
+    /// a request is on it and put back only once the reply is read, so a call that was
+    /// cancelled or failed midway never leaves a reply behind for the next request.
+    append: Option<AppendStream>,
+}
+
+struct AppendStream {
+    requests: tokio::sync::mpsc::Sender<pb::RaftMessage>,
+    replies: tonic::Streaming<pb::RaftMessage>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,13 +92,15 @@ struct LinkCut {
 #[error("{0}")]
 struct Transport(String);
 
+type CallError<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
 impl PeerLink {
     async fn call<Req, Resp, E>(
-        &self,
+        &mut self,
         method: RaftMethod,
         req: &Req,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    ) -> Result<Resp, CallError<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -111,18 +123,31 @@ impl PeerLink {
             .read()
             .map(|c| c.clone())
             .unwrap_or_default();
-        let mut request = tonic::Request::new(pb::RaftMessage {
+        let message = pb::RaftMessage {
             cluster_id,
             payload,
-        });
-        request.set_timeout(option.hard_ttl());
-        let mut client = pb::raft_client::RaftClient::new(self.net.channels.get(&self.addr))
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+        };
         let reply = match method {
-            RaftMethod::Vote => client.vote(request).await,
-            RaftMethod::Append => client.append_entries(request).await,
-            RaftMethod::Snapshot => client.install_snapshot(request).await,
+            RaftMethod::Append => {
+                match tokio::time::timeout(option.hard_ttl(), self.append_on_stream(message)).await
+                {
+                    Ok(reply) => reply,
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                        "no reply within {:?}",
+                        option.hard_ttl()
+                    ))),
+                }
+            }
+            RaftMethod::Vote | RaftMethod::Snapshot => {
+                let mut request = tonic::Request::new(message);
+                request.set_timeout(option.hard_ttl());
+                let mut client = self.client();
+                match method {
+                    RaftMethod::Vote => client.vote(request).await,
+                    _ => client.install_snapshot(request).await,
+                }
+                .map(tonic::Response::into_inner)
+            }
         };
         let reply = reply.map_err(|status| {
             let e = Transport(format!(
@@ -138,9 +163,47 @@ impl PeerLink {
                 _ => RPCError::Network(NetworkError::new(&e)),
             }
         })?;
-        let result: Result<Resp, RaftError<NodeId, E>> = decode(&reply.into_inner().payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    fn client(&self) -> pb::raft_client::RaftClient<tonic::transport::Channel> {
+        pb::raft_client::RaftClient::new(self.net.channels.get(&self.addr))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Sends one AppendEntries request on this peer's stream (opening it if there is
+    /// none) and reads its reply.
+    async fn append_on_stream(
+        &mut self,
+        message: pb::RaftMessage,
+    ) -> Result<pb::RaftMessage, tonic::Status> {
+        let mut stream = match self.append.take() {
+            Some(stream) => stream,
+            None => {
+                let (requests, queued) = tokio::sync::mpsc::channel(1);
+                let replies = self
+                    .client()
+                    .append_stream(tokio_stream::wrappers::ReceiverStream::new(queued))
+                    .await?
+                    .into_inner();
+                AppendStream { requests, replies }
+            }
+        };
+        if stream.requests.send(message).await.is_err() {
+            return Err(tonic::Status::unavailable("the append stream closed"));
+        }
+        match stream.replies.message().await? {
+            Some(reply) => {
+                self.append = Some(stream);
+                Ok(reply)
+            }
+            None => Err(tonic::Status::unavailable(
+                "the peer ended the append stream",
+            )),
+        }
     }
 }
 
