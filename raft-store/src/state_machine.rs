@@ -458,7 +458,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let count = entries.len();
         let started = std::time::Instant::now();
-        let (results, events, revision) = blocking(move || {
+        let work = move || {
             let err: IoKind = StorageIOError::write_state_machine;
             let mut tx = db.begin_write().io(err)?;
             tx.set_durability(durability).io(err)?;
@@ -523,8 +523,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             compact_history(&tx, revision, retention)?;
             tx.commit().io(err)?;
             Ok((results, events, revision))
-        })
-        .await?;
+        };
+        // A commit that does not wait for the disk is cheaper than handing it to a
+        // blocking thread and back, which would sit on every write's path; the periodic
+        // durable commit waits on the disk, so it leaves the runtime's threads.
+        let (results, events, revision) = match durability {
+            Durability::None => work()?,
+            _ => blocking(work).await?,
+        };
         tracing::debug!(
             entries = count,
             micros = started.elapsed().as_micros() as u64,
