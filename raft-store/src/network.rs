@@ -62,6 +62,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             append: None,
+            append_unary: false,
         }
     }
 }
@@ -74,6 +75,9 @@ pub struct PeerLink {
     /// a request is on it and put back only once the reply is read, so a call that was
     /// cancelled or failed midway never leaves a reply behind for the next request.
     append: Option<AppendStream>,
+    /// The peer does not know the stream (a server of an earlier release, during a
+    /// rolling upgrade): AppendEntries goes to it one call at a time.
+    append_unary: bool,
 }
 
 struct AppendStream {
@@ -128,9 +132,13 @@ impl PeerLink {
             payload,
         };
         let reply = match method {
-            RaftMethod::Append => {
+            RaftMethod::Append if !self.append_unary => {
                 match tokio::time::timeout(option.hard_ttl(), self.append_on_stream(message)).await
                 {
+                    Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                        self.append_unary = true;
+                        Err(status)
+                    }
                     Ok(reply) => reply,
                     Err(_) => Err(tonic::Status::deadline_exceeded(format!(
                         "no reply within {:?}",
@@ -138,13 +146,14 @@ impl PeerLink {
                     ))),
                 }
             }
-            RaftMethod::Vote | RaftMethod::Snapshot => {
+            _ => {
                 let mut request = tonic::Request::new(message);
                 request.set_timeout(option.hard_ttl());
                 let mut client = self.client();
                 match method {
                     RaftMethod::Vote => client.vote(request).await,
-                    _ => client.install_snapshot(request).await,
+                    RaftMethod::Append => client.append_entries(request).await,
+                    RaftMethod::Snapshot => client.install_snapshot(request).await,
                 }
                 .map(tonic::Response::into_inner)
             }
