@@ -28,7 +28,7 @@ use crate::body::{self, Body};
 use crate::cluster::lb::hash_of;
 use crate::config::{AbortKind, HashKey, HttpRoute, LbPolicy, ListenerKind, RouteAction};
 use crate::flags::{self, Flag, Flags};
-use crate::metrics::RequestLabels;
+use crate::metrics::RequestKey;
 use crate::runtime::Runtime;
 use crate::shared::{ConnInfo, Shared};
 
@@ -118,11 +118,11 @@ impl tower::Service<Request<Incoming>> for ProxyService {
 
 /// What one request came to, for metrics and logs.
 #[derive(Default)]
-struct RequestLog {
+struct RequestLog<'a> {
     flags: Flags,
-    destination_service: String,
-    cluster: String,
-    route: String,
+    destination_service: &'a str,
+    cluster: &'a str,
+    route: &'a str,
 }
 
 async fn handle(
@@ -159,10 +159,15 @@ async fn handle(
         Some(ListenerKind::Inbound { .. }) => "destination",
         _ => "source",
     };
-    let labels = RequestLabels {
+    let flags = if log.flags.is_empty() {
+        std::borrow::Cow::Borrowed("-")
+    } else {
+        std::borrow::Cow::Owned(log.flags.to_string())
+    };
+    let key = RequestKey {
         reporter,
-        source_workload: rt.snapshot.node.name.clone(),
-        source_workload_namespace: rt.snapshot.node.namespace.clone(),
+        source_workload: &rt.snapshot.node.name,
+        source_workload_namespace: &rt.snapshot.node.namespace,
         destination_service: log.destination_service,
         destination_cluster: log.cluster,
         request_protocol: if grpc {
@@ -173,20 +178,16 @@ async fn handle(
             "http"
         },
         response_code: resp.status().as_u16(),
-        response_flags: log.flags.to_string(),
+        response_flags: &flags,
         grpc_response_status: resp
             .headers()
             .get("grpc-status")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned(),
+            .unwrap_or(""),
     };
     shared
         .metrics
-        .request_duration
-        .get_or_create(&labels)
-        .observe(start.elapsed().as_secs_f64() * 1000.0);
-    shared.metrics.requests.get_or_create(&labels).inc();
+        .observe_request(&key, start.elapsed().as_secs_f64() * 1000.0);
     resp
 }
 
@@ -194,21 +195,21 @@ fn percent_hit(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && rand::rng().random::<f64>() * 100.0 < percent)
 }
 
-async fn proxy(
-    rt: &Arc<Runtime>,
+async fn proxy<'r>(
+    rt: &'r Arc<Runtime>,
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     req: Request<Incoming>,
-    log: &mut RequestLog,
+    log: &mut RequestLog<'r>,
 ) -> Result<Response<Body>, LocalError> {
     let (mut parts, incoming) = req.into_parts();
     let no_route = || LocalError::new(StatusCode::NOT_FOUND, Flag::NoRoute, "no route matched");
     let (table_key, table) = route::table(rt, conn, &parts).ok_or_else(no_route)?;
-    log.destination_service = table.host.clone();
+    log.destination_service = &table.host;
     let port = conn.original_dst.map_or(table.port, |d| d.port());
     let view = route::view(&parts, port);
     let (route_idx, route, matched) = route::select(table, &view).ok_or_else(no_route)?;
-    log.route = route.name.clone();
+    log.route = &route.name;
 
     if let Some(cors) = &route.cors
         && let Some(resp) = filters::cors_preflight(cors, &parts)
@@ -287,7 +288,7 @@ async fn proxy(
         .get(rt.next_destination(&table_key, route_idx))
         .or(destinations.first())
         .ok_or_else(no_route)?;
-    log.cluster = dest.cluster.clone();
+    log.cluster = &dest.cluster;
     let cluster = rt.clusters.get(&dest.cluster).ok_or_else(|| {
         LocalError::new(
             StatusCode::SERVICE_UNAVAILABLE,
