@@ -261,3 +261,114 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         self.call(RaftMethod::Vote, &rpc, &option).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use openraft::raft::AppendEntriesResponse;
+    use openraft::{Vote, error::RaftError};
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    /// A peer of an earlier release: it knows AppendEntries one call at a time, not the
+    /// stream.
+    #[derive(Default)]
+    struct EarlierRelease {
+        calls: Arc<AtomicUsize>,
+        stream_attempts: Arc<AtomicUsize>,
+    }
+
+    type Replies = Pin<Box<dyn futures::Stream<Item = Result<pb::RaftMessage, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl pb::raft_server::Raft for EarlierRelease {
+        async fn vote(
+            &self,
+            _: Request<pb::RaftMessage>,
+        ) -> Result<Response<pb::RaftMessage>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn append_entries(
+            &self,
+            request: Request<pb::RaftMessage>,
+        ) -> Result<Response<pb::RaftMessage>, Status> {
+            let _: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().payload)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                Ok(AppendEntriesResponse::Success);
+            Ok(Response::new(pb::RaftMessage {
+                cluster_id: String::new(),
+                payload: encode(&answer).map_err(|e| Status::internal(e.to_string()))?,
+            }))
+        }
+
+        type AppendStreamStream = Replies;
+
+        async fn append_stream(
+            &self,
+            _: Request<tonic::Streaming<pb::RaftMessage>>,
+        ) -> Result<Response<Replies>, Status> {
+            // What tonic answers for a method the server was built without.
+            self.stream_attempts.fetch_add(1, Ordering::SeqCst);
+            Err(Status::unimplemented("unknown method AppendStream"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: Request<pb::RaftMessage>,
+        ) -> Result<Response<pb::RaftMessage>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_stream_gets_entries_one_call_at_a_time() {
+        let peer = EarlierRelease::default();
+        let (calls, stream_attempts) = (peer.calls.clone(), peer.stream_attempts.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr").to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_server::RaftServer::new(peer))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let mut net = Network {
+            me: 1,
+            channels: Channels::default(),
+            links: Arc::new(OpenLinks),
+            cluster_id: Arc::new(std::sync::RwLock::new(String::new())),
+        };
+        let mut link = net.new_client(2, &BasicNode::new(addr)).await;
+        let request = || AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            entries: Vec::new(),
+            leader_commit: None,
+        };
+        let option = RPCOption::new(Duration::from_secs(5));
+
+        // The first try learns the peer has no stream; openraft retries a failed send.
+        let first = link.append_entries(request(), option.clone()).await;
+        assert!(first.is_err(), "{first:?}");
+        for _ in 0..3 {
+            let answer = link
+                .append_entries(request(), option.clone())
+                .await
+                .expect("the unary call answers");
+            assert!(
+                matches!(answer, AppendEntriesResponse::Success),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(stream_attempts.load(Ordering::SeqCst), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}
