@@ -122,6 +122,8 @@ pub enum ListenerKind {
         host: String,
         port: u16,
         protocol: Protocol,
+        /// The key of its route table, worked out once rather than per request.
+        route_key: String,
     },
     /// In front of the local workload.
     Inbound {

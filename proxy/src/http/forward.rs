@@ -204,7 +204,9 @@ pub async fn forward(
             let idx = cluster.choose(ctx.hash, exclude).map_err(|flag| {
                 LocalError::new(StatusCode::SERVICE_UNAVAILABLE, flag, "no healthy upstream")
             })?;
-            tried.push(idx);
+            if policy.ignore_previous_hosts {
+                tried.push(idx);
+            }
             let endpoint = cluster.endpoints[idx].clone();
             let active = endpoint.start_request();
             let req = upstream_request(&parts, replay.attempt(), &endpoint, http2);

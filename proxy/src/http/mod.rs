@@ -32,6 +32,8 @@ use crate::metrics::RequestKey;
 use crate::runtime::Runtime;
 use crate::shared::{ConnInfo, Shared};
 
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// An answer the proxy gives itself instead of an upstream's.
 #[derive(Debug)]
 pub struct LocalError {
@@ -318,9 +320,10 @@ async fn proxy<'r>(
     }
     let upgrade = filters::is_upgrade(&parts);
     filters::strip_hop_by_hop(&mut parts.headers, upgrade);
-    if !parts.headers.contains_key("x-request-id") {
-        parts.headers.insert("x-request-id", filters::request_id());
-    }
+    parts
+        .headers
+        .entry(X_REQUEST_ID)
+        .or_insert_with(filters::request_id);
     route.request_headers.apply(&mut parts.headers);
     dest.request_headers.apply(&mut parts.headers);
 

@@ -1,5 +1,7 @@
 //! Picking the route table (by listener, original destination or Host) and the route in it.
 
+use std::borrow::Cow;
+
 use http::request::Parts;
 
 use crate::config::matcher::RequestView;
@@ -37,22 +39,22 @@ pub fn table<'a>(
     rt: &'a Runtime,
     conn: &ConnInfo,
     parts: &Parts,
-) -> Option<(String, &'a RouteTable)> {
+) -> Option<(Cow<'a, str>, &'a RouteTable)> {
     let snap = &rt.snapshot;
-    let key = match &snap.listener(&conn.listener)?.kind {
-        ListenerKind::Upstream { host, port, .. } => route_key(host, *port),
+    let key: Cow<'a, str> = match &snap.listener(&conn.listener)?.kind {
+        ListenerKind::Upstream { route_key, .. } => Cow::Borrowed(route_key),
         ListenerKind::Inbound { route_key, .. } => conn
             .original_dst
             .map(|d| format!("inbound|{}", d.port()))
             .filter(|k| snap.route_tables.contains_key(k))
-            .unwrap_or_else(|| route_key.clone()),
+            .map_or(Cow::Borrowed(route_key.as_str()), Cow::Owned),
         ListenerKind::Capture => {
             let by_vip = conn.original_dst.and_then(|d| {
                 snap.vips
                     .get(&vip_key(d.ip(), d.port()))
                     .map(|h| (h, d.port()))
             });
-            match by_vip {
+            Cow::Owned(match by_vip {
                 Some((host, port)) => route_key(host, port),
                 None => {
                     let (host, port) = split_host_port(authority(parts));
@@ -69,11 +71,11 @@ pub fn table<'a>(
                         .into_iter()
                         .find(|k| snap.route_tables.contains_key(k))?
                 }
-            }
+            })
         }
         ListenerKind::Admin | ListenerKind::Prometheus => return None,
     };
-    snap.route_tables.get(&key).map(|t| (key, t))
+    snap.route_tables.get(key.as_ref()).map(|t| (key, t))
 }
 
 pub fn view<'a>(parts: &'a Parts, port: u16) -> RequestView<'a> {

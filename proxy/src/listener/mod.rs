@@ -215,6 +215,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, name: String, shared: A
             host,
             port,
             protocol,
+            ..
         } => {
             let Some(table) = rt.snapshot.route_table(&host, port) else {
                 return;

@@ -166,6 +166,7 @@ impl Compiler<'_> {
                     host: info.host.clone(),
                     port,
                     protocol: up.protocol.map(protocol).unwrap_or(declared),
+                    route_key: crate::config::route_key(&info.host, port),
                 },
             });
         }
