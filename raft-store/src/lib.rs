@@ -16,6 +16,7 @@ mod grpc;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod types;
 pub mod watch;

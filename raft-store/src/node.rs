@@ -316,8 +316,13 @@ impl StoreNode {
             reason: e.to_string(),
         };
         let log = LogStore::open(log_db).map_err(|e| storage(LOG_FILE, e))?;
-        let sm = StateMachine::open(state_db, self.inner.hub.clone(), self.inner.config.history)
-            .map_err(|e| storage(STATE_FILE, e))?;
+        let sm = StateMachine::open(
+            state_db,
+            dir.path.clone(),
+            self.inner.hub.clone(),
+            self.inner.config.history,
+        )
+        .map_err(|e| storage(STATE_FILE, e))?;
         Ok((log, sm.view(), sm))
     }
 

@@ -6,7 +6,8 @@
 //! a crash only rolls the state machine back to an earlier applied index, from which
 //! openraft re-applies the committed log. Snapshots and installed snapshots are
 //! fsynced, and the log is never purged past a snapshot, so the entries needed to roll
-//! forward are always still there.
+//! forward are always still there. A snapshot's data is a file of its own beside the
+//! database (`snapshot_file`); redb records which file is current.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
 use crate::error::{IoContext, IoKind};
+use crate::snapshot_file::SnapshotFiles;
 use crate::types::{
     Command, CommandResult, Entry, Event, EventKind, KeyValue, LogId, Op, Snapshot, SnapshotMeta,
     StorageError, StoredMembership, Txn, TypeConfig,
@@ -37,7 +39,11 @@ const REVISION: &str = "revision";
 const COMPACT_REVISION: &str = "compact_revision";
 const CLUSTER_ID: &str = "cluster_id";
 const SNAPSHOT_META: &str = "meta";
+/// The snapshot's data, as stores written before snapshot files kept it; read if no file
+/// is named, removed when the next snapshot is recorded.
 const SNAPSHOT_DATA: &str = "data";
+/// The name of the current snapshot's file.
+const SNAPSHOT_FILE: &str = "file";
 
 /// A stored value with its revisions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,6 +229,7 @@ impl StateView {
 /// The state machine half of the store, driven by openraft.
 pub struct StateMachine {
     db: Arc<Database>,
+    files: SnapshotFiles,
     hub: Arc<WatchHub>,
     retention: HistoryRetention,
     /// When a batch was last fsynced. redb reuses the pages a commit frees only after a
@@ -237,8 +244,10 @@ pub struct StateMachine {
 const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl StateMachine {
+    /// Opens the state machine in `db`; snapshot files go in `snapshot_dir`.
     pub fn open(
         db: Arc<Database>,
+        snapshot_dir: impl Into<std::path::PathBuf>,
         hub: Arc<WatchHub>,
         retention: HistoryRetention,
     ) -> Result<Self, redb::Error> {
@@ -250,6 +259,7 @@ impl StateMachine {
         tx.commit()?;
         let sm = StateMachine {
             db,
+            files: SnapshotFiles::new(snapshot_dir),
             hub,
             retention,
             last_durable: std::time::Instant::now(),
@@ -543,6 +553,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
+            files: self.files.clone(),
         }
     }
 
@@ -556,11 +567,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let db = self.db.clone();
+        let files = self.files.clone();
         let meta = meta.clone();
         let data = snapshot.into_inner();
         let revision = blocking(move || {
             let err: IoKind = StorageIOError::write_state_machine;
             let body: SnapshotBody = decode(&data).io(err)?;
+            let file = files.write(&meta.snapshot_id, &data).io(err)?;
+            let _current = files.lock();
             let mut tx = db.begin_write().io(err)?;
             tx.set_durability(Durability::Immediate).io(err)?;
             {
@@ -580,13 +594,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             StateMachine::put_meta(&tx, CLUSTER_ID, &body.cluster_id)?;
             StateMachine::put_meta(&tx, LAST_APPLIED, &meta.last_log_id)?;
             StateMachine::put_meta(&tx, MEMBERSHIP, &meta.last_membership)?;
-            {
-                let mut snap = tx.open_table(SNAPSHOT).io(err)?;
-                snap.insert(SNAPSHOT_META, encode(&meta).io(err)?.as_slice())
-                    .io(err)?;
-                snap.insert(SNAPSHOT_DATA, data.as_slice()).io(err)?;
-            }
+            record_snapshot(&tx, &meta, &file, true)?;
             tx.commit().io(err)?;
+            files.remove_all_but(Some(&file));
             Ok((body.revision, snapshot_index))
         })
         .await?;
@@ -596,16 +606,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let db = self.db.clone();
+        let files = self.files.clone();
         blocking(move || {
-            let tx = db.begin_read().map_err(err_snapshot)?;
-            let table = tx.open_table(SNAPSHOT).map_err(err_snapshot)?;
-            let meta = match table.get(SNAPSHOT_META).map_err(err_snapshot)? {
-                Some(v) => decode::<SnapshotMeta>(v.value()).map_err(err_snapshot)?,
-                None => return Ok(None),
+            // Held until the file is read: a snapshot built meanwhile removes the old file.
+            let _current = files.lock();
+            let (meta, file) = {
+                let tx = db.begin_read().map_err(err_snapshot)?;
+                let table = tx.open_table(SNAPSHOT).map_err(err_snapshot)?;
+                let meta = match table.get(SNAPSHOT_META).map_err(err_snapshot)? {
+                    Some(v) => decode::<SnapshotMeta>(v.value()).map_err(err_snapshot)?,
+                    None => return Ok(None),
+                };
+                let file = match table.get(SNAPSHOT_FILE).map_err(err_snapshot)? {
+                    Some(v) => Ok(String::from_utf8_lossy(v.value()).into_owned()),
+                    None => match table.get(SNAPSHOT_DATA).map_err(err_snapshot)? {
+                        Some(v) => Err(v.value().to_vec()),
+                        None => return Ok(None),
+                    },
+                };
+                (meta, file)
             };
-            let data = match table.get(SNAPSHOT_DATA).map_err(err_snapshot)? {
-                Some(v) => v.value().to_vec(),
-                None => return Ok(None),
+            let data = match file {
+                Ok(name) => {
+                    let path = files.path(&name);
+                    std::fs::read(&path).map_err(|e| {
+                        err_snapshot(format!("snapshot file {}: {e}", path.display()))
+                    })?
+                }
+                Err(in_db) => in_db,
             };
             Ok(Some(Snapshot {
                 meta,
@@ -645,11 +673,40 @@ fn compact_history(
 
 pub struct SnapshotBuilder {
     db: Arc<Database>,
+    files: SnapshotFiles,
+}
+
+/// Names `file` as the current snapshot. A built snapshot is not recorded over a newer one
+/// (installed while it was built); an installed one always is, since it replaced the state.
+fn record_snapshot(
+    tx: &WriteTransaction,
+    meta: &SnapshotMeta,
+    file: &str,
+    installed: bool,
+) -> Result<bool, StorageError> {
+    let err: IoKind = StorageIOError::write_state_machine;
+    let mut snap = tx.open_table(SNAPSHOT).io(err)?;
+    let newer = !installed
+        && match snap.get(SNAPSHOT_META).io(err)? {
+            Some(v) => decode::<SnapshotMeta>(v.value())
+                .map(|current| current.last_log_id > meta.last_log_id)
+                .unwrap_or(false),
+            None => false,
+        };
+    if newer {
+        return Ok(false);
+    }
+    snap.insert(SNAPSHOT_META, encode(meta).io(err)?.as_slice())
+        .io(err)?;
+    snap.insert(SNAPSHOT_FILE, file.as_bytes()).io(err)?;
+    snap.remove(SNAPSHOT_DATA).io(err)?;
+    Ok(true)
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let db = self.db.clone();
+        let files = self.files.clone();
         blocking(move || {
             let err: IoKind = StorageIOError::write_state_machine;
             // Read from a snapshot of the database, not under the write lock: a whole copy
@@ -699,18 +756,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_membership: membership,
                 snapshot_id,
             };
+            // Written with no lock held: applies go on while the file is written and synced.
+            let file = files.write(&meta.snapshot_id, &data).io(err)?;
             // Committed durably, this also makes every state machine commit before it
             // durable, and those already reach past the snapshot: a restart never finds the
             // log purged beyond what the state machine holds.
+            let _current = files.lock();
             let mut tx = db.begin_write().io(err)?;
             tx.set_durability(Durability::Immediate).io(err)?;
-            {
-                let mut snap = tx.open_table(SNAPSHOT).io(err)?;
-                snap.insert(SNAPSHOT_META, encode(&meta).io(err)?.as_slice())
-                    .io(err)?;
-                snap.insert(SNAPSHOT_DATA, data.as_slice()).io(err)?;
-            }
+            let recorded = record_snapshot(&tx, &meta, &file, false)?;
             tx.commit().io(err)?;
+            if recorded {
+                files.remove_all_but(Some(&file));
+            } else {
+                let _ = std::fs::remove_file(files.path(&file));
+            }
             Ok(Snapshot {
                 meta,
                 snapshot: Box::new(Cursor::new(data)),

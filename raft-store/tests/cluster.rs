@@ -212,6 +212,16 @@ async fn a_server_that_missed_compaction_catches_up_by_snapshot() {
     let (_, kvs, _) = back.node.range(b"s/", true, 0, true).await.unwrap();
     assert_eq!(kvs.len(), 300);
     assert_eq!(kvs[299].value, b"299");
+    // Each server keeps its current snapshot as one file beside its database, no more.
+    for id in [leader, down_id] {
+        let files: Vec<String> = std::fs::read_dir(cluster.dir.path().join(format!("n{id}")))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("snapshot-"))
+            .collect();
+        assert_eq!(files.len(), 1, "server {id}: {files:?}");
+        assert!(files[0].ends_with(".bin"), "server {id}: {files:?}");
+    }
 
     // History before the snapshot is gone there: an old watch is told to re-list.
     let mut old = back.node.watch(b"s/".to_vec(), 1).unwrap();

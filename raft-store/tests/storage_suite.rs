@@ -20,6 +20,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Red
         let log = LogStore::open(log_db).expect("log store");
         let sm = StateMachine::open(
             state_db,
+            dir.path(),
             Arc::new(WatchHub::default()),
             HistoryRetention::default(),
         )
