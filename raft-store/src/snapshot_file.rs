@@ -75,14 +75,14 @@ impl SnapshotFiles {
     }
 
     /// Removes every snapshot file but `keep` (and files left half-written by a crash).
-    pub fn remove_all_but(&self, keep: Option<&str>) {
+    pub fn remove_all_but(&self, keep: &str) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if !name.starts_with(PREFIX) || Some(name) == keep {
+            if !name.starts_with(PREFIX) || name == keep {
                 continue;
             }
             if (name.ends_with(SUFFIX) || name.ends_with(".tmp"))
@@ -112,7 +112,7 @@ mod tests {
         assert_eq!(std::fs::read(files.path(&second)).expect("read"), b"second");
         std::fs::write(dir.path().join("snapshot-x.bin.1.tmp"), b"half").expect("write");
         std::fs::write(dir.path().join("state.redb"), b"not a snapshot").expect("write");
-        files.remove_all_but(Some(&second));
+        files.remove_all_but(&second);
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .expect("list")
             .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))

@@ -596,7 +596,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             StateMachine::put_meta(&tx, MEMBERSHIP, &meta.last_membership)?;
             record_snapshot(&tx, &meta, &file, true)?;
             tx.commit().io(err)?;
-            files.remove_all_but(Some(&file));
+            files.remove_all_but(&file);
             Ok((body.revision, snapshot_index))
         })
         .await?;
@@ -767,7 +767,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let recorded = record_snapshot(&tx, &meta, &file, false)?;
             tx.commit().io(err)?;
             if recorded {
-                files.remove_all_but(Some(&file));
+                files.remove_all_but(&file);
             } else {
                 let _ = std::fs::remove_file(files.path(&file));
             }
