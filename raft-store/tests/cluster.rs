@@ -187,17 +187,20 @@ async fn a_server_that_missed_compaction_catches_up_by_snapshot() {
     }
     let leader_node = servers.iter().find(|s| s.id == leader).unwrap();
     applied(leader_node, last, WAIT).await;
-    let purged = leader_node
-        .node
-        .raft()
-        .unwrap()
-        .metrics()
-        .borrow()
-        .purged
-        .map(|l| l.index);
+    // The purge follows the snapshot in the background, and waits while a request to the
+    // stopped server still holds the entries it would remove.
+    let raft = leader_node.node.raft().unwrap();
+    let purged = raft
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index > behind),
+            "purge past the stopped server",
+        )
+        .await;
     assert!(
-        purged.is_some_and(|p| p > behind),
-        "the leader purged its log past the stopped server ({purged:?} vs {behind})"
+        purged.is_ok(),
+        "the leader purged its log past the stopped server ({:?} vs {behind})",
+        raft.metrics().borrow().purged
     );
 
     let back = cluster
