@@ -558,11 +558,16 @@ impl StoreNode {
         }
     }
 
-    /// While leader: give the cluster an id if it has none yet.
+    /// While leader: give the cluster an id if it has none yet. Ends once the id is known:
+    /// it never changes, and a task woken by every metrics change would be woken several
+    /// times per write.
     async fn leader_duties(&self) {
         let Ok(raft) = self.raft() else { return };
         let mut metrics = raft.metrics();
         loop {
+            if !self.cluster_id().is_empty() {
+                return;
+            }
             let (leader, applied) = {
                 let m = metrics.borrow_and_update();
                 (m.state == ServerState::Leader, m.last_applied)
