@@ -6,6 +6,11 @@
 //! so the leader replicates an entry while its own copy is still being written; until
 //! an entry is on disk, readers find it in memory. Votes, truncation and purging wait
 //! for their fsync before they return.
+//!
+//! The newest entries stay in memory for a while after they are on disk, because they are
+//! read again at once: to apply them when they commit, and to send them to a follower.
+//! A read from redb would have to leave the runtime for a blocking thread and come back,
+//! a hand-off on the path of every write.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -29,9 +34,78 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
-/// Entries handed to the writer but perhaps not yet on disk, by index, each with the
-/// sequence number of the append that wrote it.
-type Unflushed = BTreeMap<u64, (u64, Entry)>;
+/// How many bytes of entries already on disk the log keeps in memory as well.
+const RECENT_ON_DISK_BYTES: usize = 8 << 20;
+
+/// One entry held in memory.
+struct Held {
+    /// The append that wrote it: a flush only counts for the append it belongs to, not for
+    /// a newer one that replaced it after a truncation.
+    seq: u64,
+    entry: Entry,
+    size: usize,
+    on_disk: bool,
+}
+
+/// The newest entries of the log, by index, without a gap: every entry not yet on disk,
+/// and before them entries already on disk up to [`RECENT_ON_DISK_BYTES`].
+#[derive(Default)]
+struct Recent {
+    entries: BTreeMap<u64, Held>,
+    on_disk_bytes: usize,
+}
+
+impl Recent {
+    fn insert(&mut self, index: u64, held: Held) {
+        if let Some(old) = self.entries.insert(index, held) {
+            self.forget(&old);
+        }
+    }
+
+    fn forget(&mut self, held: &Held) {
+        if held.on_disk {
+            self.on_disk_bytes -= held.size;
+        }
+    }
+
+    fn remove_range(&mut self, range: impl RangeBounds<u64>) {
+        let gone: Vec<u64> = self.entries.range(range).map(|(i, _)| *i).collect();
+        for i in gone {
+            if let Some(held) = self.entries.remove(&i) {
+                self.forget(&held);
+            }
+        }
+    }
+
+    /// Marks the entries of one flushed append as on disk, then lets the oldest ones go.
+    fn flushed(&mut self, written: &[(u64, u64)]) {
+        for (index, seq) in written {
+            if let Some(held) = self.entries.get_mut(index)
+                && held.seq == *seq
+                && !held.on_disk
+            {
+                held.on_disk = true;
+                self.on_disk_bytes += held.size;
+            }
+        }
+        while self.on_disk_bytes > RECENT_ON_DISK_BYTES {
+            let Some(first) = self.entries.first_entry() else {
+                break;
+            };
+            // Older entries are written before newer ones; this only guards the rule
+            // that nothing not on disk is ever dropped.
+            if !first.get().on_disk {
+                break;
+            }
+            let held = first.remove();
+            self.on_disk_bytes -= held.size;
+        }
+    }
+
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries.last_key_value().map(|(_, h)| h.entry.log_id)
+    }
+}
 
 enum Write {
     Append {
@@ -57,7 +131,7 @@ enum Write {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    unflushed: Arc<Mutex<Unflushed>>,
+    recent: Arc<Mutex<Recent>>,
     seq: Arc<AtomicU64>,
     writer: mpsc::Sender<Write>,
     /// The newest committed log id not yet written; it rides along with the next write
@@ -81,29 +155,29 @@ impl LogStore {
         tx.open_table(LOG)?;
         tx.open_table(LOG_META)?;
         tx.commit()?;
-        let unflushed = Arc::new(Mutex::new(Unflushed::new()));
+        let recent = Arc::new(Mutex::new(Recent::default()));
         let committed = Arc::new(Mutex::new(None));
         let (writer, queue) = mpsc::channel();
         {
             let db = db.clone();
-            let unflushed = unflushed.clone();
+            let recent = recent.clone();
             let committed = committed.clone();
             std::thread::Builder::new()
                 .name("raft-log-writer".into())
-                .spawn(move || write_loop(&db, &unflushed, &committed, &queue))
+                .spawn(move || write_loop(&db, &recent, &committed, &queue))
                 .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
         }
         Ok(LogStore {
             db,
-            unflushed,
+            recent,
             seq: Arc::new(AtomicU64::new(1)),
             writer,
             committed,
         })
     }
 
-    fn unflushed(&self) -> std::sync::MutexGuard<'_, Unflushed> {
-        self.unflushed.lock().unwrap_or_else(|p| p.into_inner())
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -148,8 +222,8 @@ impl LogStore {
 
     /// The last log id, for a node's status.
     pub fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        if let Some((_, (_, e))) = self.unflushed().last_key_value() {
-            return Ok(Some(e.log_id));
+        if let Some(log_id) = self.recent().last_log_id() {
+            return Ok(Some(log_id));
         }
         Self::last_on_disk(&self.db)
     }
@@ -158,7 +232,7 @@ impl LogStore {
 /// Takes every queued write, commits them in one transaction, then answers each.
 fn write_loop(
     db: &Database,
-    unflushed: &Mutex<Unflushed>,
+    recent: &Mutex<Recent>,
     committed: &Mutex<Option<Vec<u8>>>,
     queue: &mpsc::Receiver<Write>,
 ) {
@@ -201,12 +275,10 @@ fn write_loop(
         if result.is_ok() {
             // Only now may readers go to disk for these; a newer append to the same
             // index (after a truncation) keeps its place.
-            let mut pending = unflushed.lock().unwrap_or_else(|p| p.into_inner());
-            for (index, seq) in written {
-                if pending.get(&index).is_some_and(|(s, _)| *s == seq) {
-                    pending.remove(&index);
-                }
-            }
+            recent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .flushed(&written);
         }
     }
 }
@@ -267,11 +339,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if end <= start {
             return Ok(Vec::new());
         }
-        // Taken before the disk read: an entry leaves this map only after it is on disk.
+        // Taken before the disk read: an entry leaves memory only after it is on disk.
         let pending: Vec<(u64, Entry)> = self
-            .unflushed()
+            .recent()
+            .entries
             .range(start..end)
-            .map(|(i, (_, e))| (*i, e.clone()))
+            .map(|(i, h)| (*i, h.entry.clone()))
             .collect();
         let first_pending = pending.first().map_or(end, |(i, _)| *i);
         let mut entries: BTreeMap<u64, Entry> = if first_pending > start {
@@ -307,10 +380,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Ok((purged, Self::last_on_disk(&db)?))
         })
         .await?;
-        let last_log_id = match self.unflushed().last_key_value() {
-            Some((_, (_, e))) => Some(e.log_id),
-            None => on_disk,
-        };
+        let last_log_id = self.recent().last_log_id().or(on_disk);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -368,11 +438,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let err: IoKind = StorageIOError::write_logs;
         let mut encoded = Vec::new();
         {
-            let mut pending = self.unflushed();
+            let mut recent = self.recent();
             for entry in entries {
                 let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-                encoded.push((entry.log_id.index, seq, encode(&entry).io(err)?));
-                pending.insert(entry.log_id.index, (seq, entry));
+                let bytes = encode(&entry).io(err)?;
+                let index = entry.log_id.index;
+                recent.insert(
+                    index,
+                    Held {
+                        seq,
+                        entry,
+                        size: bytes.len(),
+                        on_disk: false,
+                    },
+                );
+                encoded.push((index, seq, bytes));
             }
         }
         self.writer
@@ -385,13 +465,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        {
-            let mut pending = self.unflushed();
-            let stale: Vec<u64> = pending.range(log_id.index..).map(|(i, _)| *i).collect();
-            for i in stale {
-                pending.remove(&i);
-            }
-        }
+        self.recent().remove_range(log_id.index..);
         self.write_and_wait(
             |done| Write::Truncate {
                 from: log_id.index,
@@ -413,11 +487,61 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             StorageIOError::write_logs,
         )
         .await?;
-        let mut pending = self.unflushed();
-        let purged: Vec<u64> = pending.range(..=log_id.index).map(|(i, _)| *i).collect();
-        for i in purged {
-            pending.remove(&i);
-        }
+        self.recent().remove_range(..=log_id.index);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn held(index: u64, seq: u64, size: usize) -> Held {
+        Held {
+            seq,
+            entry: Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Blank,
+            },
+            size,
+            on_disk: false,
+        }
+    }
+
+    #[test]
+    fn memory_keeps_every_entry_not_on_disk_and_a_bounded_tail_of_the_rest() {
+        let mut recent = Recent::default();
+        let size = RECENT_ON_DISK_BYTES / 4;
+        for i in 1..=10 {
+            recent.insert(i, held(i, i, size));
+        }
+        // Nothing is on disk yet: all of it stays, however large.
+        recent.flushed(&[]);
+        assert_eq!(recent.entries.len(), 10);
+
+        // A flush reported for an older append of index 6 does not count for the newer one.
+        recent.flushed(&[(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 99)]);
+        assert!(!recent.entries[&6].on_disk);
+        assert!(recent.on_disk_bytes <= RECENT_ON_DISK_BYTES);
+        assert_eq!(
+            recent.entries.keys().copied().collect::<Vec<_>>(),
+            (2..=10).collect::<Vec<_>>()
+        );
+
+        recent.flushed(&[(6, 6), (7, 7), (8, 8), (9, 9), (10, 10)]);
+        assert!(recent.on_disk_bytes <= RECENT_ON_DISK_BYTES);
+        assert_eq!(
+            recent.entries.keys().copied().collect::<Vec<_>>(),
+            vec![7, 8, 9, 10]
+        );
+        assert_eq!(recent.last_log_id().map(|l| l.index), Some(10));
+
+        // Truncation and purge keep the byte count true.
+        recent.remove_range(9..);
+        recent.remove_range(..=7);
+        assert_eq!(recent.entries.keys().copied().collect::<Vec<_>>(), vec![8]);
+        assert_eq!(recent.on_disk_bytes, size);
     }
 }
