@@ -141,6 +141,19 @@ async fn run_batcher(raft: Raft, mut queue: tokio::sync::mpsc::Receiver<PendingW
     }
 }
 
+impl Running {
+    /// Queues `txn` for the batcher; the outer error means the batcher has stopped.
+    async fn submit(
+        &self,
+        txn: Txn,
+    ) -> Result<Result<CommandResult, SubmitError>, tokio::sync::oneshot::error::RecvError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        // A stopped batcher drops the answer with the request, so the receive fails.
+        let _ = self.writes.send((txn, answer)).await;
+        answered.await
+    }
+}
+
 struct Inner {
     id: NodeId,
     addr: String,
@@ -887,14 +900,16 @@ impl StoreNode {
     }
 
     pub(crate) async fn write(&self, txn: Txn, forwarded: bool) -> Result<CommandResult, Error> {
-        let writes = self.running()?.writes.clone();
+        let running = self.running()?;
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let (answer, answered) = tokio::sync::oneshot::channel();
-            if writes.send((txn.clone(), answer)).await.is_err() {
-                return Err(Error::NoLeader("this server is stopping".into()));
-            }
-            let err = match answered.await {
+            // A follower that knows the leader sends the write there at once, rather than
+            // first hearing so from its own Raft.
+            let answer = match self.known_leader(&running.raft).filter(|_| !forwarded) {
+                Some(leader) => Ok(Err(SubmitError::Forward(Some(leader)))),
+                None => running.submit(txn.clone()).await,
+            };
+            let err = match answer {
                 Ok(Ok(result)) => return Ok(result),
                 Ok(Err(SubmitError::Forward(leader))) => match (forwarded, leader) {
                     (false, Some(node)) => match self.forward(&node.addr, &txn).await {
@@ -914,6 +929,17 @@ impl StoreNode {
             }
             sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The leader, when this server is a follower that knows it.
+    fn known_leader(&self, raft: &Raft) -> Option<BasicNode> {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        if m.state == ServerState::Leader {
+            return None;
+        }
+        let leader = m.current_leader.filter(|l| *l != self.inner.id)?;
+        m.membership_config.membership().get_node(&leader).cloned()
     }
 
     /// Sends a transaction to the leader, marked so it is never forwarded again.
