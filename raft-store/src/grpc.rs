@@ -25,7 +25,9 @@ pub fn services(
         pb::raft_server::RaftServer::new(RaftService { node: node.clone() })
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX),
-        pb::cluster_server::ClusterServer::new(ClusterService { node: node.clone() }),
+        pb::cluster_server::ClusterServer::new(ClusterService { node: node.clone() })
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(usize::MAX),
         pb::kv_server::KvServer::new(KvService { node: node.clone() })
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(usize::MAX),
@@ -210,6 +212,73 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let read_index = self.node.read_index().await?;
         Ok(Response::new(pb::ReadIndexResponse { read_index }))
+    }
+
+    type ForwardStream = Pin<Box<dyn Stream<Item = Result<pb::ForwardReply, Status>> + Send>>;
+
+    async fn forward(
+        &self,
+        request: Request<tonic::Streaming<pb::ForwardRequest>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let mut inbound = request.into_inner();
+        let node = self.node.clone();
+        let (replies, outbound) = tokio::sync::mpsc::channel(1024);
+        // One task per stream runs every write on it: a forwarded write costs a message,
+        // not a call and a task of its own.
+        tokio::spawn(async move {
+            let mut writes = futures::stream::FuturesUnordered::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    msg = inbound.message(), if open => match msg {
+                        Ok(Some(req)) => {
+                            let node = node.clone();
+                            writes.push(async move {
+                                let result = match req.txn.map(txn_from_pb) {
+                                    Some(Ok(txn)) => node.write(txn, true).await.map_err(Status::from),
+                                    Some(Err(status)) => Err(status),
+                                    None => Err(Status::invalid_argument("a forwarded write without a transaction")),
+                                };
+                                forward_reply(req.id, result)
+                            });
+                        }
+                        // The follower is done with the stream, or it broke: finish what
+                        // it sent, as a unary call would.
+                        _ => open = false,
+                    },
+                    Some(reply) = writes.next(), if !writes.is_empty() => {
+                        if replies.send(Ok(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                    else => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(outbound),
+        )))
+    }
+}
+
+fn forward_reply(id: u64, result: Result<crate::types::CommandResult, Status>) -> pb::ForwardReply {
+    match result {
+        Ok(r) => pb::ForwardReply {
+            id,
+            result: Some(pb::TxnResponse {
+                revision: r.revision,
+                succeeded: r.succeeded,
+                deleted: r.deleted,
+            }),
+            code: 0,
+            message: String::new(),
+        },
+        Err(status) => pb::ForwardReply {
+            id,
+            result: None,
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        },
     }
 }
 

@@ -12,6 +12,7 @@ pub mod client;
 mod codec;
 pub mod data_dir;
 pub mod error;
+mod forward;
 mod grpc;
 pub mod log_store;
 pub mod network;

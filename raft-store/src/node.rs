@@ -14,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::channels::Channels;
 use crate::data_dir::{DataDir, LOG_FILE, STATE_FILE};
 use crate::error::Error;
+use crate::forward::Forwarder;
 use crate::log_store::LogStore;
 use crate::network::{LinkControl, Network, OpenLinks};
 use crate::pb;
@@ -164,6 +165,7 @@ struct Inner {
     known: Mutex<BTreeMap<NodeId, KnownPeer>>,
     hub: Arc<WatchHub>,
     running: RwLock<Option<Arc<Running>>>,
+    forwarder: Forwarder,
 }
 
 /// A store server. Cheap to clone; all clones are the same server.
@@ -220,6 +222,7 @@ impl StoreNode {
                 known: Mutex::new(BTreeMap::new()),
                 hub: Arc::new(WatchHub::default()),
                 running: RwLock::new(None),
+                forwarder: Forwarder::default(),
             }),
         })
     }
@@ -944,20 +947,10 @@ impl StoreNode {
 
     /// Sends a transaction to the leader, marked so it is never forwarded again.
     async fn forward(&self, leader: &str, txn: &Txn) -> Result<CommandResult, tonic::Status> {
-        let mut client = pb::kv_client::KvClient::new(self.inner.channels.get(leader))
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        let mut request = tonic::Request::new(crate::grpc::txn_to_pb(txn));
-        request
-            .metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-        let r = client.txn(request).await?.into_inner();
-        Ok(CommandResult {
-            revision: r.revision,
-            succeeded: r.succeeded,
-            deleted: r.deleted,
-            batch: Vec::new(),
-        })
+        self.inner
+            .forwarder
+            .write(&self.inner.channels, leader, txn)
+            .await
     }
 
     pub async fn put(
