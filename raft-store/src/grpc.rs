@@ -224,28 +224,21 @@ impl pb::cluster_server::Cluster for ClusterService {
         let node = self.node.clone();
         let (replies, outbound) = tokio::sync::mpsc::channel(1024);
         // One task per stream runs every write on it: a forwarded write costs a message,
-        // not a call and a task of its own.
+        // not a call and a task of its own. Past `FORWARDS_IN_FLIGHT` it stops reading, and
+        // HTTP/2 flow control holds the follower back.
         tokio::spawn(async move {
             let mut writes = futures::stream::FuturesUnordered::new();
             let mut open = true;
             loop {
                 tokio::select! {
-                    msg = inbound.message(), if open => match msg {
-                        Ok(Some(req)) => {
-                            let node = node.clone();
-                            writes.push(async move {
-                                let result = match req.txn.map(txn_from_pb) {
-                                    Some(Ok(txn)) => node.write(txn, true).await.map_err(Status::from),
-                                    Some(Err(status)) => Err(status),
-                                    None => Err(Status::invalid_argument("a forwarded write without a transaction")),
-                                };
-                                forward_reply(req.id, result)
-                            });
+                    msg = inbound.message(), if open && writes.len() < FORWARDS_IN_FLIGHT => {
+                        match msg {
+                            Ok(Some(req)) => writes.push(forwarded_write(node.clone(), req)),
+                            // The follower is done with the stream, or it broke: finish what
+                            // it sent, as a unary call would.
+                            _ => open = false,
                         }
-                        // The follower is done with the stream, or it broke: finish what
-                        // it sent, as a unary call would.
-                        _ => open = false,
-                    },
+                    }
                     Some(reply) = writes.next(), if !writes.is_empty() => {
                         if replies.send(Ok(reply)).await.is_err() {
                             return;
@@ -259,6 +252,20 @@ impl pb::cluster_server::Cluster for ClusterService {
             tokio_stream::wrappers::ReceiverStream::new(outbound),
         )))
     }
+}
+
+/// Forwarded writes the leader runs at once for one follower's stream.
+const FORWARDS_IN_FLIGHT: usize = 4096;
+
+async fn forwarded_write(node: StoreNode, req: pb::ForwardRequest) -> pb::ForwardReply {
+    let result = match req.txn.map(txn_from_pb) {
+        Some(Ok(txn)) => node.write(txn, true).await.map_err(Status::from),
+        Some(Err(status)) => Err(status),
+        None => Err(Status::invalid_argument(
+            "a forwarded write without a transaction",
+        )),
+    };
+    forward_reply(req.id, result)
 }
 
 fn forward_reply(id: u64, result: Result<crate::types::CommandResult, Status>) -> pb::ForwardReply {
