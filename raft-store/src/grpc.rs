@@ -272,11 +272,7 @@ fn forward_reply(id: u64, result: Result<crate::types::CommandResult, Status>) -
     match result {
         Ok(r) => pb::ForwardReply {
             id,
-            result: Some(pb::TxnResponse {
-                revision: r.revision,
-                succeeded: r.succeeded,
-                deleted: r.deleted,
-            }),
+            result: Some(txn_response(&r)),
             code: 0,
             message: String::new(),
         },
@@ -286,6 +282,14 @@ fn forward_reply(id: u64, result: Result<crate::types::CommandResult, Status>) -
             code: status.code() as i32,
             message: status.message().to_string(),
         },
+    }
+}
+
+fn txn_response(r: &crate::types::CommandResult) -> pb::TxnResponse {
+    pb::TxnResponse {
+        revision: r.revision,
+        succeeded: r.succeeded,
+        deleted: r.deleted,
     }
 }
 
@@ -497,11 +501,7 @@ impl pb::kv_server::Kv for KvService {
         let fwd = forwarded(&request);
         let txn = txn_from_pb(request.into_inner())?;
         let result = self.node.write(txn, fwd).await?;
-        Ok(Response::new(pb::TxnResponse {
-            revision: result.revision,
-            succeeded: result.succeeded,
-            deleted: result.deleted,
-        }))
+        Ok(Response::new(txn_response(&result)))
     }
 
     type WatchStream = WatchStream;
