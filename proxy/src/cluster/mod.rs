@@ -2,6 +2,7 @@
 //! the counters that enforce connection-pool limits and the retry budget.
 
 pub mod endpoint;
+pub mod http1;
 pub mod lb;
 pub mod pool;
 

@@ -1,5 +1,5 @@
 //! Upstream connections: a connector that enforces `maxConnections` and the connect timeout,
-//! and per-cluster HTTP/1.1 and HTTP/2 clients pooling connections per endpoint.
+//! and per-cluster HTTP/1.1 and HTTP/2 pools of connections per endpoint.
 
 use std::future::Future;
 use std::io;
@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::http1::Http1Pool;
 use crate::body::Body;
 use crate::config::PoolLimits;
 
@@ -141,6 +142,12 @@ impl AsyncWrite for Conn {
 
 pub type HttpClient = Client<Connector, Body>;
 
+/// One worker's connections of a cluster.
+struct WorkerPool {
+    http1: Arc<Http1Pool>,
+    http2: HttpClient,
+}
+
 /// The connections of one cluster, pooled per worker thread so a request only ever uses
 /// connections its own thread drives. Kept across snapshot swaps while the cluster's limits
 /// stay the same, so a swap does not drop pooled connections. `maxConnections` counts the
@@ -148,7 +155,7 @@ pub type HttpClient = Client<Connector, Body>;
 pub struct Pool {
     pub limits: PoolLimits,
     pub connector: Connector,
-    per_worker: Vec<(HttpClient, HttpClient)>,
+    per_worker: Vec<WorkerPool>,
 }
 
 impl Pool {
@@ -161,15 +168,6 @@ impl Pool {
             .idle_timeout
             .map(|d| d.as_std())
             .unwrap_or(Duration::from_secs(90));
-        // maxRequestsPerConnection: 1 means no reuse at all.
-        let no_reuse = limits.max_requests_per_connection == Some(1);
-        let mut b1 = Client::builder(TokioExecutor::new());
-        b1.pool_idle_timeout(idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new());
-        if no_reuse {
-            b1.pool_max_idle_per_host(0);
-        }
         let mut b2 = Client::builder(TokioExecutor::new());
         b2.pool_idle_timeout(idle)
             .pool_timer(TokioTimer::new())
@@ -178,7 +176,14 @@ impl Pool {
             .http2_keep_alive_interval(Some(Duration::from_secs(30)))
             .http2_keep_alive_timeout(Duration::from_secs(10));
         let per_worker = (0..workers.max(1))
-            .map(|_| (b1.build(connector.clone()), b2.build(connector.clone())))
+            .map(|_| WorkerPool {
+                http1: Arc::new(Http1Pool::new(
+                    connector.clone(),
+                    idle,
+                    limits.max_requests_per_connection,
+                )),
+                http2: b2.build(connector.clone()),
+            })
             .collect();
         Self {
             limits: limits.clone(),
@@ -192,12 +197,12 @@ impl Pool {
     }
 
     /// The HTTP/1.1 client of the worker this runs on.
-    pub fn http1(&self) -> &HttpClient {
-        &self.per_worker[crate::workers::current() % self.per_worker.len()].0
+    pub fn http1(&self) -> &Arc<Http1Pool> {
+        &self.per_worker[crate::workers::current() % self.per_worker.len()].http1
     }
 
     /// The HTTP/2 client of the worker this runs on.
     pub fn http2(&self) -> &HttpClient {
-        &self.per_worker[crate::workers::current() % self.per_worker.len()].1
+        &self.per_worker[crate::workers::current() % self.per_worker.len()].http2
     }
 }

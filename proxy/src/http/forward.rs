@@ -2,18 +2,23 @@
 //! backoff and budget, outlier reporting, connection-pool limits.
 
 use std::error::Error as StdError;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use rand::Rng;
 
 use super::LocalError;
 use super::replay::Replay;
 use crate::body::{self, Body, Guarded};
 use crate::cluster::endpoint::{EndpointState, Outcome};
+use crate::cluster::http1::{PooledBody, SendError};
 use crate::cluster::pool::{ConnectTimeout, PoolOverflow};
 use crate::cluster::{ClusterRuntime, RetryPermit};
 use crate::config::{HttpRoute, Protocol, RetryOn};
@@ -21,7 +26,7 @@ use crate::flags::{Flag, Flags};
 
 /// Why an attempt produced no response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
+pub enum Failure {
     Connect,
     Overflow,
     RefusedStream,
@@ -65,8 +70,70 @@ impl Failure {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A response body as it comes from the upstream, over either protocol.
+    #[project = UpstreamBodyProj]
+    pub enum UpstreamBody {
+        Http1 { #[pin] body: PooledBody },
+        Http2 { #[pin] body: Incoming },
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            UpstreamBodyProj::Http1 { body } => body.poll_frame(cx),
+            UpstreamBodyProj::Http2 { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http1 { body } => body.is_end_stream(),
+            Self::Http2 { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Http1 { body } => body.size_hint(),
+            Self::Http2 { body } => body.size_hint(),
+        }
+    }
+}
+
+/// Sends one request to `endpoint` on a pooled connection of this worker.
+pub async fn send(
+    cluster: &ClusterRuntime,
+    endpoint: &EndpointState,
+    req: Request<Body>,
+    http2: bool,
+) -> Result<Response<UpstreamBody>, Failure> {
+    if http2 {
+        match cluster.pool.http2().request(req).await {
+            Ok(resp) => Ok(resp.map(|body| UpstreamBody::Http2 { body })),
+            Err(e) => Err(classify_http2(&e)),
+        }
+    } else {
+        match cluster.pool.http1().send(&endpoint.authority, req).await {
+            Ok(resp) => Ok(resp.map(|body| UpstreamBody::Http1 { body })),
+            Err(e) => Err(classify_http1(&e)),
+        }
+    }
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per attempt and matched in place; boxing would allocate per request"
+)]
 enum Attempt {
-    Response(Response<Incoming>),
+    Response(Response<UpstreamBody>),
     Failed(Failure),
 }
 
@@ -89,7 +156,17 @@ fn find_source<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Op
     None
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
+fn classify_http1(e: &SendError) -> Failure {
+    if find_source::<PoolOverflow>(e).is_some() {
+        return Failure::Overflow;
+    }
+    if e.is_connect() {
+        return Failure::Connect;
+    }
+    Failure::Reset
+}
+
+fn classify_http2(e: &hyper_util::client::legacy::Error) -> Failure {
     if find_source::<PoolOverflow>(e).is_some() {
         return Failure::Overflow;
     }
@@ -104,7 +181,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
     Failure::Reset
 }
 
-fn grpc_status(resp: &Response<Incoming>) -> Option<u32> {
+fn grpc_status<B>(resp: &Response<B>) -> Option<u32> {
     resp.headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
@@ -210,18 +287,13 @@ pub async fn forward(
             let endpoint = cluster.endpoints[idx].clone();
             let active = endpoint.start_request();
             let req = upstream_request(&parts, replay.attempt(), &endpoint, http2);
-            let client = if http2 {
-                cluster.pool.http2()
-            } else {
-                cluster.pool.http1()
-            };
-            let sent = client.request(req);
+            let sent = send(cluster, &endpoint, req, http2);
             let result = match policy.per_try_timeout {
                 Some(t) => match tokio::time::timeout(t.as_std(), sent).await {
-                    Ok(r) => r.map_err(|e| classify(&e)),
+                    Ok(r) => r,
                     Err(_) => Err(Failure::Timeout),
                 },
-                None => sent.await.map_err(|e| classify(&e)),
+                None => sent.await,
             };
             let attempt = match result {
                 Ok(resp) => Attempt::Response(resp),
@@ -282,20 +354,42 @@ fn upstream_request(
     let mut req = Request::new(body::boxed(body));
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
-    *req.uri_mut() = upstream_uri(parts, endpoint);
-    *req.version_mut() = if http2 {
-        Version::HTTP_2
+    if http2 {
+        *req.uri_mut() = upstream_uri(parts, endpoint);
+        *req.version_mut() = Version::HTTP_2;
     } else {
-        Version::HTTP_11
+        *req.uri_mut() = origin_form(&parts.uri);
+        *req.version_mut() = Version::HTTP_11;
+    }
+    set_host(&mut req, parts.uri.authority(), endpoint);
+    req
+}
+
+/// The request line's target for HTTP/1.1: path and query only.
+pub fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    }
+}
+
+/// An HTTP/2 client names the host in `:authority`, and an HTTP/1.1 upstream still needs a
+/// `Host`; with neither, the endpoint's own `host:port`.
+pub fn set_host<B>(
+    req: &mut Request<B>,
+    authority: Option<&http::uri::Authority>,
+    endpoint: &EndpointState,
+) {
+    if req.headers().contains_key(http::header::HOST) {
+        return;
+    }
+    let value = match authority {
+        Some(a) => http::HeaderValue::from_str(a.as_str()),
+        None => http::HeaderValue::from_str(&endpoint.authority),
     };
-    if !req.headers().contains_key(http::header::HOST)
-        && let Some(a) = parts.uri.authority()
-        && let Ok(v) = http::HeaderValue::from_str(a.as_str())
-    {
-        // An HTTP/2 client names the host in :authority; the upstream still needs it.
+    if let Ok(v) = value {
         req.headers_mut().insert(http::header::HOST, v);
     }
-    req
 }
 
 /// `http://ENDPOINT/PATH?QUERY`, from parts already parsed (cheap clones) where possible.

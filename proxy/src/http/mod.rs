@@ -475,17 +475,17 @@ async fn mirror(
             let mut req = Request::new(body::full(bytes));
             *req.method_mut() = parts.method.clone();
             *req.headers_mut() = parts.headers.clone();
-            let Ok(uri) = format!("http://{}{pq}", endpoint.authority).parse() else {
+            let target = if http2 {
+                format!("http://{}{pq}", endpoint.authority)
+            } else {
+                pq
+            };
+            let Ok(uri) = target.parse() else {
                 return;
             };
             *req.uri_mut() = uri;
-            let client = if http2 {
-                cluster.pool.http2()
-            } else {
-                cluster.pool.http1()
-            };
             let sent = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-                if let Ok(resp) = client.request(req).await {
+                if let Ok(resp) = forward::send(&cluster, &endpoint, req, http2).await {
                     let _ = resp.into_body().collect().await;
                 }
             });

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -27,14 +27,13 @@ pub async fn forward(
     })?;
     let endpoint = cluster.endpoints[idx].clone();
     let active = endpoint.start_request();
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut req = Request::new(body::empty());
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
-    *req.uri_mut() = format!("http://{}{pq}", endpoint.authority)
-        .parse::<Uri>()
-        .unwrap_or_else(|_| Uri::from_static("/"));
-    let mut resp = cluster.pool.http1().request(req).await.map_err(|e| {
+    *req.uri_mut() = super::forward::origin_form(&parts.uri);
+    super::forward::set_host(&mut req, parts.uri.authority(), &endpoint);
+    let sent = cluster.pool.http1().send(&endpoint.authority, req).await;
+    let mut resp = sent.map_err(|e| {
         tracing::warn!(cluster = %cluster.spec.name, error = %e, "upgrade request failed");
         LocalError::new(
             StatusCode::SERVICE_UNAVAILABLE,
