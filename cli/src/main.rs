@@ -56,6 +56,9 @@ enum Command {
     },
 }
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // One crypto provider for every TLS user in the process.
     if rustls::crypto::ring::default_provider()
