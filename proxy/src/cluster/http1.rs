@@ -91,7 +91,8 @@ impl Http1Pool {
         loop {
             let (mut lease, reused) = match self.checkout(authority) {
                 Some(lease) => (lease, true),
-                None => (self.connect(authority).await?, false),
+                // Boxed: only a request that finds no idle connection carries its state.
+                None => (Box::pin(self.connect(authority)).await?, false),
             };
             let sender = lease
                 .sender

@@ -8,6 +8,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::Either;
 
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -109,22 +111,31 @@ impl HttpBody for UpstreamBody {
 }
 
 /// Sends one request to `endpoint` on a pooled connection of this worker.
-pub async fn send(
-    cluster: &ClusterRuntime,
-    endpoint: &EndpointState,
+///
+/// Not an `async fn`: that would keep its own copy of the request beside the one the inner
+/// future holds, and every request's future is moved whole more than once.
+pub fn send<'a>(
+    cluster: &'a ClusterRuntime,
+    endpoint: &'a EndpointState,
     req: Request<Body>,
     http2: bool,
-) -> Result<Response<UpstreamBody>, Failure> {
+) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'a {
     if http2 {
-        match cluster.pool.http2().request(req).await {
+        Either::Left(cluster.pool.http2().request(req).map(|sent| match sent {
             Ok(resp) => Ok(resp.map(|body| UpstreamBody::Http2 { body })),
             Err(e) => Err(classify_http2(&e)),
-        }
+        }))
     } else {
-        match cluster.pool.http1().send(&endpoint.authority, req).await {
-            Ok(resp) => Ok(resp.map(|body| UpstreamBody::Http1 { body })),
-            Err(e) => Err(classify_http1(&e)),
-        }
+        Either::Right(
+            cluster
+                .pool
+                .http1()
+                .send(&endpoint.authority, req)
+                .map(|sent| match sent {
+                    Ok(resp) => Ok(resp.map(|body| UpstreamBody::Http1 { body })),
+                    Err(e) => Err(classify_http1(&e)),
+                }),
+        )
     }
 }
 
@@ -252,7 +263,7 @@ pub struct ForwardCtx<'a> {
 /// Sends a request to the cluster and returns the response, or the error to answer with.
 pub async fn forward(
     ctx: ForwardCtx<'_>,
-    parts: Parts,
+    parts: &Parts,
     body: Body,
     flags: &mut Flags,
 ) -> Result<Response<Body>, LocalError> {
@@ -286,7 +297,7 @@ pub async fn forward(
             }
             let endpoint = cluster.endpoints[idx].clone();
             let active = endpoint.start_request();
-            let req = upstream_request(&parts, replay.attempt(), &endpoint, http2);
+            let req = upstream_request(parts, replay.attempt(), &endpoint, http2);
             let sent = send(cluster, &endpoint, req, http2);
             let result = match policy.per_try_timeout {
                 Some(t) => match tokio::time::timeout(t.as_std(), sent).await {

@@ -331,7 +331,9 @@ async fn proxy<'r>(
 
     let mut resp = if upgrade {
         let req = Request::from_parts(parts.clone(), incoming);
-        upgrade::forward(cluster, hash, parts, req, &shared.drain).await?
+        // Boxed: a WebSocket handshake is rare, and its state would otherwise enlarge the
+        // future of every request.
+        Box::pin(upgrade::forward(cluster, hash, parts, req, &shared.drain)).await?
     } else {
         let max_buffered = rt.snapshot.limits.max_buffered_body_bytes as usize;
         let body = mirror(rt, route, &parts, incoming, max_buffered).await;
@@ -342,7 +344,7 @@ async fn proxy<'r>(
                 hash,
                 max_buffered,
             },
-            parts,
+            &parts,
             body,
             &mut log.flags,
         )
