@@ -3,6 +3,7 @@
 
 pub mod endpoint;
 pub mod http1;
+pub mod http2;
 pub mod lb;
 pub mod pool;
 

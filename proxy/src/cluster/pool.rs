@@ -1,23 +1,18 @@
 //! Upstream connections: a connector that enforces `maxConnections` and the connect timeout,
 //! and per-cluster HTTP/1.1 and HTTP/2 pools of connections per endpoint.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::http1::Http1Pool;
-use crate::body::Body;
+use super::http2::Http2Pool;
 use crate::config::PoolLimits;
 
 /// The connection limit was reached: answered with `503` and flag `UO`.
@@ -67,37 +62,10 @@ impl Connector {
     }
 }
 
-impl tower::Service<Uri> for Connector {
-    type Response = TokioIo<Conn>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Conn>>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let authority = uri
-                .authority()
-                .map(|a| a.as_str().to_owned())
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no authority"))?;
-            this.connect(&authority).await.map(TokioIo::new)
-        })
-    }
-}
-
 /// An upstream connection holding its slot of `maxConnections` until closed.
 pub struct Conn {
     pub stream: TcpStream,
     _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl AsyncRead for Conn {
@@ -140,12 +108,10 @@ impl AsyncWrite for Conn {
     }
 }
 
-pub type HttpClient = Client<Connector, Body>;
-
 /// One worker's connections of a cluster.
 struct WorkerPool {
     http1: Arc<Http1Pool>,
-    http2: HttpClient,
+    http2: Arc<Http2Pool>,
 }
 
 /// The connections of one cluster, pooled per worker thread so a request only ever uses
@@ -168,13 +134,6 @@ impl Pool {
             .idle_timeout
             .map(|d| d.as_std())
             .unwrap_or(Duration::from_secs(90));
-        let mut b2 = Client::builder(TokioExecutor::new());
-        b2.pool_idle_timeout(idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(true)
-            .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-            .http2_keep_alive_timeout(Duration::from_secs(10));
         let per_worker = (0..workers.max(1))
             .map(|_| WorkerPool {
                 http1: Arc::new(Http1Pool::new(
@@ -182,7 +141,11 @@ impl Pool {
                     idle,
                     limits.max_requests_per_connection,
                 )),
-                http2: b2.build(connector.clone()),
+                http2: Arc::new(Http2Pool::new(
+                    connector.clone(),
+                    idle,
+                    limits.max_requests_per_connection,
+                )),
             })
             .collect();
         Self {
@@ -196,13 +159,13 @@ impl Pool {
         self.per_worker.len()
     }
 
-    /// The HTTP/1.1 client of the worker this runs on.
+    /// The HTTP/1.1 connections of the worker this runs on.
     pub fn http1(&self) -> &Arc<Http1Pool> {
         &self.per_worker[crate::workers::current() % self.per_worker.len()].http1
     }
 
-    /// The HTTP/2 client of the worker this runs on.
-    pub fn http2(&self) -> &HttpClient {
+    /// The HTTP/2 connections of the worker this runs on.
+    pub fn http2(&self) -> &Arc<Http2Pool> {
         &self.per_worker[crate::workers::current() % self.per_worker.len()].http2
     }
 }

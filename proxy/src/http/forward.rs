@@ -121,10 +121,16 @@ pub fn send<'a>(
     http2: bool,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, Failure>> + Send + 'a {
     if http2 {
-        Either::Left(cluster.pool.http2().request(req).map(|sent| match sent {
-            Ok(resp) => Ok(resp.map(|body| UpstreamBody::Http2 { body })),
-            Err(e) => Err(classify_http2(&e)),
-        }))
+        Either::Left(
+            cluster
+                .pool
+                .http2()
+                .send(&endpoint.authority, req)
+                .map(|sent| match sent {
+                    Ok(resp) => Ok(resp.map(|body| UpstreamBody::Http2 { body })),
+                    Err(e) => Err(classify(&e)),
+                }),
+        )
     } else {
         Either::Right(
             cluster
@@ -133,7 +139,7 @@ pub fn send<'a>(
                 .send(&endpoint.authority, req)
                 .map(|sent| match sent {
                     Ok(resp) => Ok(resp.map(|body| UpstreamBody::Http1 { body })),
-                    Err(e) => Err(classify_http1(&e)),
+                    Err(e) => Err(classify(&e)),
                 }),
         )
     }
@@ -167,17 +173,7 @@ fn find_source<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Op
     None
 }
 
-fn classify_http1(e: &SendError) -> Failure {
-    if find_source::<PoolOverflow>(e).is_some() {
-        return Failure::Overflow;
-    }
-    if e.is_connect() {
-        return Failure::Connect;
-    }
-    Failure::Reset
-}
-
-fn classify_http2(e: &hyper_util::client::legacy::Error) -> Failure {
+fn classify(e: &SendError) -> Failure {
     if find_source::<PoolOverflow>(e).is_some() {
         return Failure::Overflow;
     }
