@@ -56,6 +56,8 @@ enum Command {
     },
 }
 
+// The proxy allocates each request's future (a few KiB) and its HTTP/2 stream state; jemalloc
+// serves those sizes from a thread cache where glibc's malloc searches and consolidates bins.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
