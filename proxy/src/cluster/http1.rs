@@ -7,7 +7,6 @@
 //! is driven by its own task as before; a request only pops, sends and pushes.
 
 use std::collections::HashMap;
-use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -17,36 +16,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 
-use super::pool::Connector;
+use super::pool::{Connector, IdleConnections, SendError, reap};
 use crate::body::Body;
-
-/// Why a request got no response from the upstream.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error("connecting to {authority}: {source}")]
-    Connect {
-        authority: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("HTTP/1.1 handshake with {authority}: {source}")]
-    Handshake {
-        authority: String,
-        #[source]
-        source: hyper::Error,
-    },
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
-}
-
-impl SendError {
-    /// Whether no connection could be had (refused, timed out, over `maxConnections`).
-    pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::Handshake { .. })
-    }
-}
 
 struct Idle {
     sender: SendRequest<Body>,
@@ -151,27 +123,13 @@ impl Http1Pool {
     }
 
     async fn connect(self: &Arc<Self>, authority: &str) -> Result<Lease, SendError> {
-        let conn =
-            self.connector
-                .connect(authority)
-                .await
-                .map_err(|source| SendError::Connect {
-                    authority: authority.to_owned(),
-                    source,
-                })?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(conn))
-            .await
-            .map_err(|source| SendError::Handshake {
-                authority: authority.to_owned(),
-                source,
-            })?;
-        let label = authority.to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(upstream = %label, error = %e, "upstream connection ended");
-            }
-        });
+        let sender = self
+            .connector
+            .open(authority, |io| async move {
+                let (sender, connection) = http1::Builder::new().handshake(io).await?;
+                Ok((sender, connection.with_upgrades()))
+            })
+            .await?;
         Ok(Lease {
             sender: Some(sender),
             served: 0,
@@ -199,7 +157,18 @@ impl Http1Pool {
         }
     }
 
-    /// Closes connections idle past the timeout; returns whether any are left.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.by_authority.values().map(Vec::len).sum()
+    }
+}
+
+impl IdleConnections for Http1Pool {
+    fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     fn close_idle(&self) -> bool {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -214,28 +183,6 @@ impl Http1Pool {
             idle.reaping = false;
         }
         left
-    }
-
-    #[cfg(test)]
-    fn idle_count(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.by_authority.values().map(Vec::len).sum()
-    }
-}
-
-/// Runs while the pool has idle connections, closing each once it has been idle for the
-/// timeout; ends with the pool.
-async fn reap(pool: Weak<Http1Pool>) {
-    let every = match pool.upgrade() {
-        Some(p) => (p.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10)),
-        None => return,
-    };
-    loop {
-        tokio::time::sleep(every).await;
-        match pool.upgrade() {
-            Some(p) if p.close_idle() => {}
-            _ => return,
-        }
     }
 }
 
@@ -317,7 +264,6 @@ impl HttpBody for PooledBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PoolLimits;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -366,17 +312,8 @@ mod tests {
     }
 
     fn pool(idle: Duration, max_requests: Option<u32>) -> Arc<Http1Pool> {
-        let limits = PoolLimits {
-            max_connections: None,
-            max_pending_requests: None,
-            max_requests: None,
-            max_requests_per_connection: max_requests,
-            max_retries: None,
-            connect_timeout: trellis_api::Duration::from_millis(1000),
-            idle_timeout: None,
-        };
         Arc::new(Http1Pool::new(
-            Connector::new(&limits, None),
+            super::super::pool::test_connector(),
             idle,
             max_requests,
         ))

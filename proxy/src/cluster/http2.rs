@@ -3,16 +3,15 @@
 //! `maxRequestsPerConnection` streams, closed once idle for the idle timeout.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::http1::SendError;
-use super::pool::Connector;
+use super::pool::{Connector, IdleConnections, SendError, reap};
 use crate::body::Body;
 
 struct Shared {
@@ -102,30 +101,16 @@ impl Http2Pool {
     }
 
     async fn connect(self: &Arc<Self>, authority: &str) -> Result<SendRequest<Body>, SendError> {
-        let conn =
-            self.connector
-                .connect(authority)
-                .await
-                .map_err(|source| SendError::Connect {
-                    authority: authority.to_owned(),
-                    source,
-                })?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(conn))
-            .await
-            .map_err(|source| SendError::Handshake {
-                authority: authority.to_owned(),
-                source,
-            })?;
-        let label = authority.to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(upstream = %label, error = %e, "upstream connection ended");
-            }
-        });
+        let sender = self
+            .connector
+            .open(authority, |io| {
+                http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .handshake(io)
+            })
+            .await?;
         let served = 1;
         let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         if self.max_requests.is_none_or(|max| served < max) {
@@ -149,7 +134,18 @@ impl Http2Pool {
         Ok(sender)
     }
 
-    /// Drops connections unused for the idle timeout; returns whether any are left.
+    #[cfg(test)]
+    fn open_count(&self) -> usize {
+        let conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        conns.by_authority.len()
+    }
+}
+
+impl IdleConnections for Http2Pool {
+    fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     fn close_idle(&self) -> bool {
         let now = Instant::now();
         let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
@@ -162,26 +158,6 @@ impl Http2Pool {
         }
         left
     }
-
-    #[cfg(test)]
-    fn open_count(&self) -> usize {
-        let conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        conns.by_authority.len()
-    }
-}
-
-async fn reap(pool: Weak<Http2Pool>) {
-    let every = match pool.upgrade() {
-        Some(p) => (p.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10)),
-        None => return,
-    };
-    loop {
-        tokio::time::sleep(every).await;
-        match pool.upgrade() {
-            Some(p) if p.close_idle() => {}
-            _ => return,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -190,11 +166,11 @@ mod tests {
 
     use http_body_util::BodyExt;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     use hyper_util::server::conn::auto;
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::config::PoolLimits;
 
     /// An HTTP/2 upstream answering `ok`, counting connections.
     async fn upstream() -> (String, Arc<AtomicUsize>) {
@@ -221,17 +197,8 @@ mod tests {
     }
 
     fn pool(idle: Duration, max_requests: Option<u32>) -> Arc<Http2Pool> {
-        let limits = PoolLimits {
-            max_connections: None,
-            max_pending_requests: None,
-            max_requests: None,
-            max_requests_per_connection: max_requests,
-            max_retries: None,
-            connect_timeout: trellis_api::Duration::from_millis(1000),
-            idle_timeout: None,
-        };
         Arc::new(Http2Pool::new(
-            Connector::new(&limits, None),
+            super::super::pool::test_connector(),
             idle,
             max_requests,
         ))

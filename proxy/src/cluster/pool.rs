@@ -1,12 +1,14 @@
 //! Upstream connections: a connector that enforces `maxConnections` and the connect timeout,
 //! and per-cluster HTTP/1.1 and HTTP/2 pools of connections per endpoint.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -23,6 +25,32 @@ pub struct PoolOverflow;
 #[derive(Debug, thiserror::Error)]
 #[error("connect timeout after {0:?}")]
 pub struct ConnectTimeout(pub Duration);
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        authority: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("HTTP/1.1 handshake with {authority}: {source}")]
+    Handshake {
+        authority: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl SendError {
+    /// Whether no connection could be had (refused, timed out, over `maxConnections`).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Handshake { .. })
+    }
+}
 
 /// Opens TCP connections to the endpoint named in the URI's authority.
 #[derive(Clone)]
@@ -59,6 +87,71 @@ impl Connector {
             stream,
             _permit: permit,
         })
+    }
+
+    /// Opens a connection to `authority`, starts HTTP on it with `handshake`, and drives the
+    /// connection on a task of its own; returns the handle requests are sent through.
+    pub async fn open<S, C, H, F>(&self, authority: &str, handshake: H) -> Result<S, SendError>
+    where
+        H: FnOnce(TokioIo<Conn>) -> F,
+        F: Future<Output = hyper::Result<(S, C)>>,
+        C: Future<Output = hyper::Result<()>> + Send + 'static,
+    {
+        let conn = self
+            .connect(authority)
+            .await
+            .map_err(|source| SendError::Connect {
+                authority: authority.to_owned(),
+                source,
+            })?;
+        let (sender, connection) =
+            handshake(TokioIo::new(conn))
+                .await
+                .map_err(|source| SendError::Handshake {
+                    authority: authority.to_owned(),
+                    source,
+                })?;
+        let label = authority.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(upstream = %label, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Connections kept open between requests, closed once unused for the idle timeout.
+pub trait IdleConnections: Send + Sync + 'static {
+    fn idle_timeout(&self) -> Duration;
+    /// Closes connections unused for the idle timeout; returns whether any are left.
+    fn close_idle(&self) -> bool;
+}
+
+/// Runs while `pool` keeps connections, closing each once it has been unused for the idle
+/// timeout; ends with the pool, or when nothing is left (the pool starts it again).
+pub async fn reap<P: IdleConnections>(pool: std::sync::Weak<P>) {
+    let every = match pool.upgrade() {
+        Some(p) => {
+            (p.idle_timeout() / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+        }
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match pool.upgrade() {
+            Some(p) if p.close_idle() => {}
+            _ => return,
+        }
+    }
+}
+
+/// A connector with no connection limit and a 1 s connect timeout, for the pools' tests.
+#[cfg(test)]
+pub fn test_connector() -> Connector {
+    Connector {
+        connections: None,
+        connect_timeout: Duration::from_secs(1),
     }
 }
 
