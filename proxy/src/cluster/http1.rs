@@ -140,7 +140,15 @@ impl Http1Pool {
     }
 
     fn put_back(self: &Arc<Self>, authority: String, sender: SendRequest<Body>, served: u32) {
-        if sender.is_closed() || self.max_requests.is_some_and(|max| served >= max) {
+        // By the time a response body has been read to its end, the connection's task (on
+        // this same worker) has already asked for the next request, unless the request body
+        // is still being sent: an upstream that answered early (a 401 to an upload). Such a
+        // connection is let go rather than pooled, so no later request waits behind an
+        // upload that may never finish.
+        if sender.is_closed()
+            || !sender.is_ready()
+            || self.max_requests.is_some_and(|max| served >= max)
+        {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -361,6 +369,41 @@ mod tests {
             assert_eq!(get(&pool, &addr).await, "ok");
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_an_upload_is_not_lent_again() {
+        let (addr, accepted) =
+            upstream_answering(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n").await;
+        let pool = pool(Duration::from_secs(90), None);
+        // An upload the client never finishes; the upstream answers before reading it.
+        let (mut tx, rx) = futures::channel::mpsc::channel::<
+            Result<hyper::body::Frame<Bytes>, crate::body::BoxError>,
+        >(1);
+        tx.try_send(Ok(hyper::body::Frame::data(Bytes::from_static(b"part"))))
+            .unwrap();
+        let upload = Request::builder()
+            .method("POST")
+            .uri("/")
+            .header("host", &addr)
+            .body(http_body_util::StreamBody::new(rx).boxed())
+            .unwrap();
+        let resp = pool.send(&addr, upload).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        drop(resp);
+        assert_eq!(pool.idle_count(), 0);
+        let next = Request::builder()
+            .uri("/")
+            .header("host", &addr)
+            .body(crate::body::empty())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), pool.send(&addr, next))
+            .await
+            .expect("a request waited behind an unfinished upload")
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        drop(tx);
     }
 
     #[tokio::test]
