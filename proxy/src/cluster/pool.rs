@@ -35,7 +35,7 @@ pub enum SendError {
         #[source]
         source: io::Error,
     },
-    #[error("HTTP/1.1 handshake with {authority}: {source}")]
+    #[error("HTTP handshake with {authority}: {source}")]
     Handshake {
         authority: String,
         #[source]

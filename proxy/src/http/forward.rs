@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::Either;
-
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
