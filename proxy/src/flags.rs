@@ -80,9 +80,10 @@ impl Flags {
     }
 
     pub fn set_header(&self, headers: &mut HeaderMap) {
-        if let Ok(v) = HeaderValue::from_str(&self.to_string())
-            && !self.is_empty()
-        {
+        if self.is_empty() {
+            return;
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.to_string()) {
             headers.insert(FLAGS_HEADER, v);
         }
     }

@@ -89,6 +89,12 @@ impl EndpointState {
         ActiveGuard(self.clone())
     }
 
+    /// False when the endpoint is surely not ejected; true when it was ejected and its
+    /// ejection may not be over yet (ask [`Self::is_ejected`]).
+    pub fn may_be_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
     /// Whether the endpoint is ejected now; an ejection whose time is up ends here.
     pub fn is_ejected(&self, now: Instant) -> bool {
         if !self.ejected.load(Ordering::Relaxed) {

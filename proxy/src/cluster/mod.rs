@@ -28,6 +28,8 @@ pub struct Counters {
 pub struct ClusterRuntime {
     pub spec: Cluster,
     pub endpoints: Vec<Arc<EndpointState>>,
+    /// `0..endpoints.len()`: the candidates when every endpoint may take the request.
+    every_endpoint: Vec<usize>,
     balancer: Balancer,
     pub pool: Arc<Pool>,
     counters: Arc<Counters>,
@@ -54,7 +56,7 @@ impl ClusterRuntime {
                 Some(prev) => Arc::new(prev.renewed(e.clone())),
                 None => Arc::new(EndpointState::new(e.clone(), old.is_some())),
             })
-            .collect();
+            .collect::<Vec<_>>();
         let pool = match old {
             Some(o) if o.pool.limits == spec.pool && o.pool.workers() == workers => o.pool.clone(),
             _ => Arc::new(Pool::new(&spec.pool, workers)),
@@ -63,6 +65,7 @@ impl ClusterRuntime {
         Self {
             balancer: Balancer::new(&spec),
             spec,
+            every_endpoint: (0..endpoints.len()).collect(),
             endpoints,
             pool,
             counters,
@@ -76,6 +79,16 @@ impl ClusterRuntime {
         let n = self.endpoints.len();
         if n == 0 {
             return Err(Flag::NoHealthyUpstream);
+        }
+        // The usual case: nothing ejected, no locality, nothing to avoid, no warmup.
+        if exclude.is_empty()
+            && self.spec.locality_lb.is_none()
+            && self.spec.warmup.is_none()
+            && !self.endpoints.iter().any(|e| e.may_be_ejected())
+        {
+            return Ok(self
+                .balancer
+                .pick(&self.endpoints, &self.every_endpoint, hash, &|_| 1.0));
         }
         let now = Instant::now();
         let mut candidates: Vec<usize> = (0..n)

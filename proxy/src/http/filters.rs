@@ -28,14 +28,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     {
         return;
     }
-    // Headers the client listed in `Connection` are hop-by-hop too.
+    // Headers the client listed in `Connection` are hop-by-hop too. Only names actually
+    // present are collected: the usual `keep-alive` or `close` then costs no allocation.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().to_ascii_lowercase().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .map(str::trim)
+        .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+        .filter(|t| headers.contains_key(*t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in listed {
         headers.remove(name);
@@ -240,6 +243,45 @@ pub fn request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_stripped() {
+        let mut h = headers(&[
+            ("connection", "Keep-Alive, X-Hop , close"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("x-end", "2"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip, trailers"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        left.sort_unstable();
+        assert_eq!(left, [("te", "trailers"), ("x-end", "2")]);
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_connection_and_upgrade_headers() {
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "Upgrade");
+        assert!(h.get("te").is_none());
+    }
 
     fn rw(uri: &str) -> Rewrite {
         Rewrite {
