@@ -57,13 +57,11 @@ impl Listeners {
         };
         let mut bound = Vec::new();
         for (name, addr) in wanted {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Bind {
-                    name: name.clone(),
-                    addr,
-                    source,
-                })?;
+            let listener = listen(addr).map_err(|source| ProxyError::Bind {
+                name: name.clone(),
+                addr,
+                source,
+            })?;
             bound.push((name, addr, listener));
         }
         Ok(Bound(bound))
@@ -125,6 +123,23 @@ impl Default for Listeners {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A listening socket whose queue of connections not yet accepted is as long as the system
+/// allows (`net.core.somaxconn`), as Envoy's and HAProxy's are. The usual default of 128
+/// overflows when a client-side proxy opens hundreds of connections at once, and each
+/// connection over the limit then waits for a SYN retransmit: a full second.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted proxy can bind while its old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    // The kernel caps this at somaxconn.
+    socket.listen(65_535)
 }
 
 fn poisoned() -> ProxyError {
@@ -305,5 +320,37 @@ async fn connection(stream: TcpStream, peer: SocketAddr, name: String, shared: A
                 Detected::Closed => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hundreds_of_connections_wait_in_the_queue_before_being_accepted() {
+        const CONNECTIONS: usize = 600;
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if somaxconn <= CONNECTIONS {
+            eprintln!("skipped: net.core.somaxconn is {somaxconn}, not above {CONNECTIONS}");
+            return;
+        }
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Nothing accepts: every connection must fit in the queue. One that does not is
+        // dropped and retried by the kernel, and never completes while nothing accepts.
+        let connects = (0..CONNECTIONS).map(|_| TcpStream::connect(addr));
+        let all = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            futures::future::try_join_all(connects),
+        )
+        .await
+        .expect("connections beyond the listen queue never completed")
+        .unwrap();
+        assert_eq!(all.len(), CONNECTIONS);
+        drop(listener);
     }
 }
