@@ -3,6 +3,12 @@
 //! at fixed open-loop rates (oha, with latency correction), closed-loop maximum throughput
 //! (wrk), HTTP/2 throughput with many streams per connection (h2load), the proxies' CPU per
 //! 1,000 requests and their peak RSS, and prints one table per metric group.
+//!
+//! All chains run at once, idle but for the one under load, and every measurement is taken
+//! for each chain in turn, then again, for `--rounds` rounds: a shared machine's speed drifts
+//! by a quarter within minutes, so chains measured minutes apart are not comparable, and one
+//! sample each is not enough. The tables show medians over the rounds; a latency added over
+//! direct is the median of each round's difference to the direct run just before it.
 #![forbid(unsafe_code)]
 
 use std::net::TcpStream;
@@ -45,6 +51,9 @@ struct Args {
     /// Connections of every run.
     #[arg(long, default_value_t = 32)]
     connections: u32,
+    /// Times every measurement is repeated, each chain in turn; tables show medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Where configs and logs go (default: a temporary directory, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -404,97 +413,244 @@ fn run_h2load(args: &Args, port: u16) -> anyhow::Result<(f64, f64, f64, u64, u64
     Ok((rps, mean_ms, max_ms, count("failed"), count("succeeded")))
 }
 
+/// One chain's results, medians over the rounds.
 struct ChainResult {
     name: &'static str,
     open: Vec<OpenLoop>,
+    /// Per rate: p50, p90, p99, p99.9 added over direct (median of each round's difference).
+    added: Vec<[f64; 4]>,
     closed: ClosedLoop,
+    /// Lowest and highest closed-loop req/s over the rounds.
+    closed_range: (f64, f64),
     /// `None` when h2load is not installed.
     http2: Option<Http2>,
-    /// Largest VmHWM among the chain's proxies after the 1,000 rps run (or the first rate).
+    /// Largest VmHWM among the chain's proxies after its first run at the first rate.
     peak_rss_mib: f64,
     proxies: usize,
 }
 
-/// `h2_port`: where the chain takes HTTP/2 (the same port for the proxies, which sniff
-/// it; nginx's HTTP/2 port for `direct`), `None` to skip HTTP/2.
-fn measure(
-    args: &Args,
+/// A chain ready to be measured. `h2_port`: where it takes HTTP/2 (the same port for the
+/// proxies, which sniff it; nginx's HTTP/2 port for `direct`), `None` to skip HTTP/2.
+struct Chain {
     name: &'static str,
     port: u16,
     h2_port: Option<u16>,
-    procs: &Processes,
-    tick: f64,
-) -> anyhow::Result<ChainResult> {
-    let pids = procs.pids();
-    let cpu = || pids.iter().map(|&p| cpu_seconds(p, tick)).sum::<f64>();
-    // Warm up: connections, pools, allocator, at the lowest rate for one second.
-    let _ = Command::new(&args.oha)
-        .args([
-            "--no-tui",
-            "-z",
-            "1s",
-            "-q",
-            &args.rates.first().copied().unwrap_or(1000).to_string(),
-            "-c",
-            &args.connections.to_string(),
-            &format!("http://127.0.0.1:{port}/"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    let mut open = Vec::new();
-    let mut peak = None;
-    for &rate in &args.rates {
-        let before = cpu();
-        let (achieved, requests, errors, pct) = run_oha(args, port, rate)?;
-        let used = cpu() - before;
+    procs: Processes,
+}
+
+impl Chain {
+    fn cpu(&self, tick: f64) -> f64 {
+        self.procs
+            .pids()
+            .iter()
+            .map(|&p| cpu_seconds(p, tick))
+            .sum()
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        self.procs
+            .pids()
+            .iter()
+            .map(|&p| peak_rss_mib(p))
+            .fold(0.0, f64::max)
+    }
+
+    /// Connections, pools, allocator: one second at the lowest rate.
+    fn warm_up(&self, args: &Args) {
+        let _ = Command::new(&args.oha)
+            .args([
+                "--no-tui",
+                "-z",
+                "1s",
+                "-q",
+                &args.rates.first().copied().unwrap_or(1000).to_string(),
+                "-c",
+                &args.connections.to_string(),
+                &format!("http://127.0.0.1:{}/", self.port),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn open_loop(&self, args: &Args, rate: u32, tick: f64) -> anyhow::Result<OpenLoop> {
+        let before = self.cpu(tick);
+        let (achieved, requests, errors, pct) = run_oha(args, self.port, rate)?;
+        let used = self.cpu(tick) - before;
         eprintln!(
-            "{name:<12} {rate:>5} rps: achieved {achieved:.0}, p99 {:.3} ms, {errors} errors",
-            pct[2]
+            "{:<12} {rate:>5} rps: achieved {achieved:.0}, p99 {:.3} ms, {errors} errors",
+            self.name, pct[2]
         );
-        open.push(OpenLoop {
+        Ok(OpenLoop {
             achieved,
             errors,
             pct,
             cpu_per_1k: per_1k(used, requests),
-        });
-        if peak.is_none() {
-            peak = Some(pids.iter().map(|&p| peak_rss_mib(p)).fold(0.0, f64::max));
+        })
+    }
+
+    fn closed_loop(&self, args: &Args, tick: f64) -> anyhow::Result<ClosedLoop> {
+        let before = self.cpu(tick);
+        let (rps, p99_ms, requests) = run_wrk(args, self.port)?;
+        let used = self.cpu(tick) - before;
+        eprintln!(
+            "{:<12} closed loop: {rps:.0} rps, p99 {p99_ms:.3} ms",
+            self.name
+        );
+        Ok(ClosedLoop {
+            rps,
+            p99_ms,
+            cpu_per_1k: per_1k(used, requests),
+        })
+    }
+
+    fn http2(&self, args: &Args, tick: f64) -> anyhow::Result<Option<Http2>> {
+        let Some(h2_port) = self.h2_port else {
+            return Ok(None);
+        };
+        let before = self.cpu(tick);
+        let (rps, mean_ms, max_ms, failed, succeeded) = run_h2load(args, h2_port)?;
+        let used = self.cpu(tick) - before;
+        eprintln!(
+            "{:<12} http/2: {rps:.0} rps, mean {mean_ms:.3} ms, {failed} failed",
+            self.name
+        );
+        Ok(Some(Http2 {
+            rps,
+            mean_ms,
+            max_ms,
+            failed,
+            cpu_per_1k: per_1k(used, succeeded + failed),
+        }))
+    }
+}
+
+/// One round of one chain.
+struct Round {
+    open: Vec<OpenLoop>,
+    closed: ClosedLoop,
+    http2: Option<Http2>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Every chain measured `args.rounds` times, each measurement taken for all chains in turn;
+/// the first chain is `direct`.
+fn measure_all(args: &Args, chains: &[Chain], tick: f64) -> anyhow::Result<Vec<ChainResult>> {
+    for c in chains {
+        c.warm_up(args);
+    }
+    let mut rounds: Vec<Vec<Round>> = chains.iter().map(|_| Vec::new()).collect();
+    let mut peaks = vec![0.0; chains.len()];
+    for round in 0..args.rounds.max(1) {
+        eprintln!("round {} of {}", round + 1, args.rounds.max(1));
+        let mut open: Vec<Vec<OpenLoop>> = chains.iter().map(|_| Vec::new()).collect();
+        for (r, &rate) in args.rates.iter().enumerate() {
+            for (i, c) in chains.iter().enumerate() {
+                open[i].push(c.open_loop(args, rate, tick)?);
+                if round == 0 && r == 0 {
+                    peaks[i] = c.peak_rss_mib();
+                }
+            }
+        }
+        let mut closed = Vec::new();
+        for c in chains {
+            closed.push(c.closed_loop(args, tick)?);
+        }
+        let mut http2 = Vec::new();
+        for c in chains {
+            http2.push(c.http2(args, tick)?);
+        }
+        for (i, ((o, c), h)) in open.into_iter().zip(closed).zip(http2).enumerate() {
+            rounds[i].push(Round {
+                open: o,
+                closed: c,
+                http2: h,
+            });
         }
     }
-    let before = cpu();
-    let (rps, p99_ms, requests) = run_wrk(args, port)?;
-    let used = cpu() - before;
-    eprintln!("{name:<12} closed loop: {rps:.0} rps, p99 {p99_ms:.3} ms");
-    let closed = ClosedLoop {
-        rps,
-        p99_ms,
-        cpu_per_1k: per_1k(used, requests),
-    };
-    let http2 = match h2_port {
-        Some(h2_port) => {
-            let before = cpu();
-            let (rps, mean_ms, max_ms, failed, succeeded) = run_h2load(args, h2_port)?;
-            let used = cpu() - before;
-            eprintln!("{name:<12} http/2: {rps:.0} rps, mean {mean_ms:.3} ms, {failed} failed");
-            Some(Http2 {
-                rps,
-                mean_ms,
-                max_ms,
-                failed,
-                cpu_per_1k: per_1k(used, succeeded + failed),
+    let direct = &rounds[0];
+    let mut results = Vec::new();
+    for (i, chain) in chains.iter().enumerate() {
+        let mine = &rounds[i];
+        let of = |f: &dyn Fn(&Round) -> f64| median(mine.iter().map(f).collect());
+        let open = (0..args.rates.len())
+            .map(|r| OpenLoop {
+                achieved: of(&|x| x.open[r].achieved),
+                errors: mine.iter().map(|x| x.open[r].errors).sum(),
+                pct: [0, 1, 2, 3].map(|k| of(&|x| x.open[r].pct[k])),
+                cpu_per_1k: of(&|x| x.open[r].cpu_per_1k),
             })
-        }
-        None => None,
-    };
-    Ok(ChainResult {
-        name,
-        open,
-        closed,
-        http2,
-        peak_rss_mib: peak.unwrap_or(0.0),
-        proxies: pids.len(),
-    })
+            .collect();
+        let added = (0..args.rates.len())
+            .map(|r| {
+                [0, 1, 2, 3].map(|k| {
+                    median(
+                        mine.iter()
+                            .zip(direct)
+                            .map(|(x, d)| x.open[r].pct[k] - d.open[r].pct[k])
+                            .collect(),
+                    )
+                })
+            })
+            .collect();
+        let closed_rps: Vec<f64> = mine.iter().map(|x| x.closed.rps).collect();
+        let closed_range = (
+            closed_rps.iter().copied().fold(f64::INFINITY, f64::min),
+            closed_rps.iter().copied().fold(0.0, f64::max),
+        );
+        let closed = ClosedLoop {
+            rps: median(closed_rps),
+            p99_ms: of(&|x| x.closed.p99_ms),
+            cpu_per_1k: of(&|x| x.closed.cpu_per_1k),
+        };
+        let http2 = if mine.iter().all(|x| x.http2.is_some()) {
+            let h = |f: &dyn Fn(&Http2) -> f64| {
+                median(
+                    mine.iter()
+                        .filter_map(|x| x.http2.as_ref())
+                        .map(f)
+                        .collect(),
+                )
+            };
+            Some(Http2 {
+                rps: h(&|x| x.rps),
+                mean_ms: h(&|x| x.mean_ms),
+                max_ms: h(&|x| x.max_ms),
+                failed: mine
+                    .iter()
+                    .filter_map(|x| x.http2.as_ref())
+                    .map(|x| x.failed)
+                    .sum(),
+                cpu_per_1k: h(&|x| x.cpu_per_1k),
+            })
+        } else {
+            None
+        };
+        results.push(ChainResult {
+            name: chain.name,
+            open,
+            added,
+            closed,
+            closed_range,
+            http2,
+            peak_rss_mib: peaks[i],
+            proxies: chain.procs.pids().len(),
+        });
+    }
+    Ok(results)
 }
 
 fn per_1k(cpu: f64, requests: u64) -> f64 {
@@ -563,44 +719,39 @@ fn main() -> anyhow::Result<()> {
     let nginx_port = free_port()?;
     let nginx_h2_port = free_port()?;
     let _nginx = start_nginx(&args.nginx, &dir, nginx_port, nginx_h2_port)?;
-    let mut results = Vec::new();
-
-    results.push(measure(
-        &args,
-        "direct",
-        nginx_port,
-        h2.then_some(nginx_h2_port),
-        &Processes::default(),
-        tick,
-    )?);
+    let h2_of = |port: u16| h2.then_some(port);
+    let mut chains = vec![Chain {
+        name: "direct",
+        port: nginx_port,
+        h2_port: h2_of(nginx_h2_port),
+        procs: Processes::default(),
+    }];
     {
-        let mut p = Processes::default();
+        let mut procs = Processes::default();
         let port = start_trellis(
             &trellis,
             &dir,
             "trellis1",
             Some((free_port()?, nginx_port)),
             None,
-            &mut p,
+            &mut procs,
         )?;
-        results.push(measure(
-            &args,
-            "trellis x1",
+        chains.push(Chain {
+            name: "trellis x1",
             port,
-            h2.then_some(port),
-            &p,
-            tick,
-        )?);
+            h2_port: h2_of(port),
+            procs,
+        });
     }
     {
-        let mut p = Processes::default();
+        let mut procs = Processes::default();
         let inbound = start_trellis(
             &trellis,
             &dir,
             "trellis2-server",
             None,
             Some((free_port()?, nginx_port)),
-            &mut p,
+            &mut procs,
         )?;
         let port = start_trellis(
             &trellis,
@@ -608,32 +759,35 @@ fn main() -> anyhow::Result<()> {
             "trellis2-client",
             Some((free_port()?, inbound)),
             None,
-            &mut p,
+            &mut procs,
         )?;
-        results.push(measure(
-            &args,
-            "trellis x2",
+        chains.push(Chain {
+            name: "trellis x2",
             port,
-            h2.then_some(port),
-            &p,
-            tick,
-        )?);
+            h2_port: h2_of(port),
+            procs,
+        });
     }
     {
-        let mut p = Processes::default();
+        let mut procs = Processes::default();
         let port = free_port()?;
-        start_haproxy(&args.haproxy, &dir, "haproxy1", port, nginx_port, &mut p)?;
-        results.push(measure(
-            &args,
-            "haproxy x1",
+        start_haproxy(
+            &args.haproxy,
+            &dir,
+            "haproxy1",
             port,
-            h2.then_some(port),
-            &p,
-            tick,
-        )?);
+            nginx_port,
+            &mut procs,
+        )?;
+        chains.push(Chain {
+            name: "haproxy x1",
+            port,
+            h2_port: h2_of(port),
+            procs,
+        });
     }
     {
-        let mut p = Processes::default();
+        let mut procs = Processes::default();
         let server = free_port()?;
         start_haproxy(
             &args.haproxy,
@@ -641,19 +795,25 @@ fn main() -> anyhow::Result<()> {
             "haproxy2-server",
             server,
             nginx_port,
-            &mut p,
+            &mut procs,
         )?;
         let port = free_port()?;
-        start_haproxy(&args.haproxy, &dir, "haproxy2-client", port, server, &mut p)?;
-        results.push(measure(
-            &args,
-            "haproxy x2",
+        start_haproxy(
+            &args.haproxy,
+            &dir,
+            "haproxy2-client",
             port,
-            h2.then_some(port),
-            &p,
-            tick,
-        )?);
+            server,
+            &mut procs,
+        )?;
+        chains.push(Chain {
+            name: "haproxy x2",
+            port,
+            h2_port: h2_of(port),
+            procs,
+        });
     }
+    let results = measure_all(&args, &chains, tick)?;
 
     print_tables(&args, &results);
     Ok(())
@@ -662,8 +822,10 @@ fn main() -> anyhow::Result<()> {
 fn print_tables(args: &Args, results: &[ChainResult]) {
     let direct = &results[0];
     println!(
-        "\n### Open loop (oha, {} connections, {} s per rate, latency-corrected), ms\n",
-        args.connections, args.seconds
+        "\n### Open loop (oha, {} connections, {} s per rate, latency-corrected; medians of {} rounds), ms\n",
+        args.connections,
+        args.seconds,
+        args.rounds.max(1)
     );
     println!(
         "| chain      |  rate | achieved | errors |    p50 |    p90 |    p99 |  p99.9 | +p50 | +p99 |"
@@ -674,12 +836,11 @@ fn print_tables(args: &Args, results: &[ChainResult]) {
     for (i, &rate) in args.rates.iter().enumerate() {
         for r in results {
             let o = &r.open[i];
-            let d = &direct.open[i];
             let added = |k: usize| {
                 if std::ptr::eq(r, direct) {
                     "—".to_string()
                 } else {
-                    format!("{:+.3}", o.pct[k] - d.pct[k])
+                    format!("{:+.3}", r.added[i][k])
                 }
             };
             println!(
@@ -698,24 +859,31 @@ fn print_tables(args: &Args, results: &[ChainResult]) {
         }
     }
     println!(
-        "\n### Closed loop max throughput (wrk, 1 thread, {} connections, {} s)\n",
-        args.connections, args.seconds
+        "\n### Closed loop max throughput (wrk, 1 thread, {} connections, {} s; medians of {} rounds)\n",
+        args.connections,
+        args.seconds,
+        args.rounds.max(1)
     );
-    println!("| chain      |  req/s | vs direct | p99 ms |");
-    println!("|------------|--------|-----------|--------|");
+    println!("| chain      |  req/s | rounds' range   | vs direct | p99 ms |");
+    println!("|------------|--------|-----------------|-----------|--------|");
     for r in results {
         println!(
-            "| {:<10} | {:>6.0} | {:>7.0} % | {:>6.3} |",
+            "| {:<10} | {:>6.0} | {:>6.0}–{:<6.0}   | {:>7.0} % | {:>6.3} |",
             r.name,
             r.closed.rps,
+            r.closed_range.0,
+            r.closed_range.1,
             100.0 * r.closed.rps / direct.closed.rps,
             r.closed.p99_ms
         );
     }
     if results.iter().all(|r| r.http2.is_some()) {
         println!(
-            "\n### HTTP/2 (h2load, prior knowledge, 1 thread, {} connections x {} streams, {} s; the proxies speak HTTP/1.1 to nginx)\n",
-            args.connections, args.h2_streams, args.seconds
+            "\n### HTTP/2 (h2load, prior knowledge, 1 thread, {} connections x {} streams, {} s; the proxies speak HTTP/1.1 to nginx; medians of {} rounds)\n",
+            args.connections,
+            args.h2_streams,
+            args.seconds,
+            args.rounds.max(1)
         );
         println!("| chain      |  req/s | vs direct | mean ms | max ms | failed | CPU s/1k |");
         println!("|------------|--------|-----------|---------|--------|--------|----------|");
