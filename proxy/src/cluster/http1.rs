@@ -55,48 +55,54 @@ impl Http1Pool {
     /// Sends `req` (origin-form URI, `Host` set) to `authority` on an idle connection or a new
     /// one. A request the upstream never saw because its idle connection was closing is sent
     /// again on another, as hyper-util's client does.
-    pub async fn send(
-        self: &Arc<Self>,
-        authority: &str,
-        mut req: Request<Body>,
-    ) -> Result<Response<PooledBody>, SendError> {
-        loop {
-            let (mut lease, reused) = match self.checkout(authority) {
-                Some(lease) => (lease, true),
-                // Boxed: only a request that finds no idle connection carries its state.
-                None => (Box::pin(self.connect(authority)).await?, false),
-            };
-            let sender = lease
-                .sender
-                .as_mut()
-                .expect("a lease holds its sender until dropped");
-            if reused && sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    lease.served += 1;
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        // The connection now belongs to the upgraded session.
-                        lease.reusable = false;
-                    }
-                    let (parts, body) = resp.into_parts();
-                    let body = PooledBody {
-                        inner: body,
-                        lease: Some(lease),
-                    };
-                    return Ok(Response::from_parts(parts, body));
+    ///
+    /// Not an `async fn`: that would hold the request twice, as its argument and as the local
+    /// a resend replaces.
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
+        authority: &'a str,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + Send + 'a {
+        let mut req = req;
+        async move {
+            loop {
+                let (mut lease, reused) = match self.checkout(authority) {
+                    Some(lease) => (lease, true),
+                    // Boxed: only a request that finds no idle connection carries its state.
+                    None => (Box::pin(self.connect(authority)).await?, false),
+                };
+                let sender = lease
+                    .sender
+                    .as_mut()
+                    .expect("a lease holds its sender until dropped");
+                if reused && sender.ready().await.is_err() {
+                    continue;
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(again) if reused => {
-                        lease.reusable = false;
-                        req = again;
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        lease.served += 1;
+                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                            // The connection now belongs to the upgraded session.
+                            lease.reusable = false;
+                        }
+                        let (parts, body) = resp.into_parts();
+                        let body = PooledBody {
+                            inner: body,
+                            lease: Some(lease),
+                        };
+                        return Ok(Response::from_parts(parts, body));
                     }
-                    _ => {
-                        lease.reusable = false;
-                        return Err(SendError::Http(e.into_error()));
-                    }
-                },
+                    Err(mut e) => match e.take_message() {
+                        Some(again) if reused => {
+                            lease.reusable = false;
+                            req = again;
+                        }
+                        _ => {
+                            lease.reusable = false;
+                            return Err(SendError::Http(e.into_error()));
+                        }
+                    },
+                }
             }
         }
     }

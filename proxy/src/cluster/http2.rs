@@ -47,29 +47,35 @@ impl Http2Pool {
     /// Sends `req` (absolute URI) to `authority` on its shared connection, opening one if
     /// there is none. A request refused before it was sent (the connection was going away)
     /// is sent again on a new connection.
-    pub async fn send(
-        self: &Arc<Self>,
-        authority: &str,
-        mut req: Request<Body>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let mut fresh = false;
-        loop {
-            let mut sender = match self.take_stream(authority) {
-                Some(sender) => sender,
-                None => {
-                    fresh = true;
-                    Box::pin(self.connect(authority)).await?
-                }
-            };
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(again) if !fresh => {
-                        self.forget(authority);
-                        req = again;
+    ///
+    /// Not an `async fn`: that would hold the request twice, as its argument and as the local
+    /// a resend replaces.
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
+        authority: &'a str,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a {
+        let mut req = req;
+        async move {
+            let mut fresh = false;
+            loop {
+                let mut sender = match self.take_stream(authority) {
+                    Some(sender) => sender,
+                    None => {
+                        fresh = true;
+                        Box::pin(self.connect(authority)).await?
                     }
-                    _ => return Err(SendError::Http(e.into_error())),
-                },
+                };
+                match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(mut e) => match e.take_message() {
+                        Some(again) if !fresh => {
+                            self.forget(authority);
+                            req = again;
+                        }
+                        _ => return Err(SendError::Http(e.into_error())),
+                    },
+                }
             }
         }
     }

@@ -114,7 +114,9 @@ impl tower::Service<Request<Incoming>> for ProxyService {
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let shared = self.shared.clone();
         let conn = self.conn.clone();
-        Box::pin(async move { Ok(handle(shared, conn, req).await) })
+        // No wrapping `async` block: it would keep its own copy of the request beside the one
+        // in `handle`, and a future is copied whole each time it moves.
+        Box::pin(futures::FutureExt::map(handle(shared, conn, req), Ok))
     }
 }
 
@@ -127,240 +129,250 @@ struct RequestLog<'a> {
     route: &'a str,
 }
 
-async fn handle(
+/// Not an `async fn`: that would hold the request twice (as its argument and as a local)
+/// for the whole exchange; here it is read first and then moved straight into `proxy`.
+fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Response<Body> {
+) -> impl Future<Output = Response<Body>> + Send {
     let start = Instant::now();
-    let rt = shared.runtime();
     let grpc = flags::is_grpc(req.headers());
     let http2 = req.version() == http::Version::HTTP_2;
-    let mut log = RequestLog::default();
-    let mut resp = match proxy(&rt, &shared, &conn, req, &mut log).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            log.flags.push(e.flag);
-            tracing::warn!(
-                listener = %conn.listener,
-                route = %log.route,
-                cluster = %log.cluster,
-                status = e.status.as_u16(),
-                flags = %log.flags,
-                "{}",
-                e.message
-            );
-            let mut resp =
-                flags::local_reply(e.status, &log.flags, &e.message, grpc, e.grpc_status);
-            resp.headers_mut().extend(e.headers);
-            resp
-        }
-    };
-    log.flags.set_header(resp.headers_mut());
-    let reporter = match rt.snapshot.listener(&conn.listener).map(|l| &l.kind) {
-        Some(ListenerKind::Inbound { .. }) => "destination",
-        _ => "source",
-    };
-    let flags = if log.flags.is_empty() {
-        std::borrow::Cow::Borrowed("-")
-    } else {
-        std::borrow::Cow::Owned(log.flags.to_string())
-    };
-    let key = RequestKey {
-        reporter,
-        source_workload: &rt.snapshot.node.name,
-        source_workload_namespace: &rt.snapshot.node.namespace,
-        destination_service: log.destination_service,
-        destination_cluster: log.cluster,
-        request_protocol: if grpc {
-            "grpc"
-        } else if http2 {
-            "http2"
+    async move {
+        let rt = shared.runtime();
+        let mut log = RequestLog::default();
+        let mut resp = match proxy(&rt, &shared, &conn, req, &mut log).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                log.flags.push(e.flag);
+                tracing::warn!(
+                    listener = %conn.listener,
+                    route = %log.route,
+                    cluster = %log.cluster,
+                    status = e.status.as_u16(),
+                    flags = %log.flags,
+                    "{}",
+                    e.message
+                );
+                let mut resp =
+                    flags::local_reply(e.status, &log.flags, &e.message, grpc, e.grpc_status);
+                resp.headers_mut().extend(e.headers);
+                resp
+            }
+        };
+        log.flags.set_header(resp.headers_mut());
+        let reporter = match rt.snapshot.listener(&conn.listener).map(|l| &l.kind) {
+            Some(ListenerKind::Inbound { .. }) => "destination",
+            _ => "source",
+        };
+        let flags = if log.flags.is_empty() {
+            std::borrow::Cow::Borrowed("-")
         } else {
-            "http"
-        },
-        response_code: resp.status().as_u16(),
-        response_flags: &flags,
-        grpc_response_status: resp
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
-    };
-    shared
-        .metrics
-        .observe_request(&key, start.elapsed().as_secs_f64() * 1000.0);
-    resp
+            std::borrow::Cow::Owned(log.flags.to_string())
+        };
+        let key = RequestKey {
+            reporter,
+            source_workload: &rt.snapshot.node.name,
+            source_workload_namespace: &rt.snapshot.node.namespace,
+            destination_service: log.destination_service,
+            destination_cluster: log.cluster,
+            request_protocol: if grpc {
+                "grpc"
+            } else if http2 {
+                "http2"
+            } else {
+                "http"
+            },
+            response_code: resp.status().as_u16(),
+            response_flags: &flags,
+            grpc_response_status: resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        };
+        shared
+            .metrics
+            .observe_request(&key, start.elapsed().as_secs_f64() * 1000.0);
+        resp
+    }
 }
 
 fn percent_hit(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && rand::rng().random::<f64>() * 100.0 < percent)
 }
 
-async fn proxy<'r>(
+/// Not an `async fn`, for the reason `handle` is not one.
+fn proxy<'r>(
     rt: &'r Arc<Runtime>,
     shared: &Arc<Shared>,
     conn: &ConnInfo,
     req: Request<Incoming>,
     log: &mut RequestLog<'r>,
-) -> Result<Response<Body>, LocalError> {
+) -> impl Future<Output = Result<Response<Body>, LocalError>> + Send {
     let (mut parts, incoming) = req.into_parts();
-    let no_route = || LocalError::new(StatusCode::NOT_FOUND, Flag::NoRoute, "no route matched");
-    let (table_key, table) = route::table(rt, conn, &parts).ok_or_else(no_route)?;
-    log.destination_service = &table.host;
-    let port = conn.original_dst.map_or(table.port, |d| d.port());
-    let view = route::view(&parts, port);
-    let (route_idx, route, matched) = route::select(table, &view).ok_or_else(no_route)?;
-    log.route = &route.name;
+    async move {
+        let no_route = || LocalError::new(StatusCode::NOT_FOUND, Flag::NoRoute, "no route matched");
+        let (table_key, table) = route::table(rt, conn, &parts).ok_or_else(no_route)?;
+        log.destination_service = &table.host;
+        let port = conn.original_dst.map_or(table.port, |d| d.port());
+        let view = route::view(&parts, port);
+        let (route_idx, route, matched) = route::select(table, &view).ok_or_else(no_route)?;
+        log.route = &route.name;
 
-    if let Some(cors) = &route.cors
-        && let Some(resp) = filters::cors_preflight(cors, &parts)
-    {
-        return Ok(resp);
-    }
-
-    let mut limit_headers = HeaderMap::new();
-    for limit in table.rate_limits.iter().chain(route.rate_limits.iter()) {
-        if !limit.matches.is_empty() && !limit.matches.iter().any(|m| m.matches(&view)) {
-            continue;
-        }
-        let Some(bucket) = rt.bucket(&limit.name) else {
-            continue;
-        };
-        let decision = bucket.take();
-        decision.set_headers(&mut limit_headers);
-        if !decision.allowed {
-            let mut e = LocalError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                Flag::RateLimited,
-                "local rate limit exceeded",
-            );
-            e.headers = limit_headers;
-            return Err(e);
-        }
-    }
-
-    if let Some(fault) = &route.fault {
-        if let Some(d) = &fault.delay
-            && percent_hit(d.percent)
+        if let Some(cors) = &route.cors
+            && let Some(resp) = filters::cors_preflight(cors, &parts)
         {
-            log.flags.push(Flag::DelayInjected);
-            tokio::time::sleep(d.delay.as_std()).await;
-        }
-        if let Some(a) = &fault.abort
-            && percent_hit(a.percent)
-        {
-            let mut e = match a.kind {
-                AbortKind::HttpStatus(s) => LocalError::new(
-                    StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                    Flag::FaultInjected,
-                    "fault filter abort",
-                ),
-                AbortKind::GrpcStatus(code) => {
-                    let mut e =
-                        LocalError::new(StatusCode::OK, Flag::FaultInjected, "fault filter abort");
-                    e.grpc_status = Some(code);
-                    e
-                }
-            };
-            if matches!(a.kind, AbortKind::GrpcStatus(_)) && !flags::is_grpc(&parts.headers) {
-                // A gRPC status for a plain HTTP client still needs an HTTP error.
-                e.status = StatusCode::SERVICE_UNAVAILABLE;
-            }
-            return Err(e);
-        }
-    }
-
-    let (destinations, rewrite) = match &route.action {
-        RouteAction::DirectResponse { status, body } => {
-            let mut resp = filters::direct_response(*status, body.as_deref());
-            route.response_headers.apply(resp.headers_mut());
             return Ok(resp);
         }
-        RouteAction::Redirect(r) => {
-            let authority = route::authority(&parts).to_owned();
-            return Ok(filters::redirect(r, &parts, &authority));
-        }
-        RouteAction::Forward {
-            destinations,
-            rewrite,
-        } => (destinations, rewrite),
-    };
-    let dest = destinations
-        .get(rt.next_destination(&table_key, route_idx))
-        .or(destinations.first())
-        .ok_or_else(no_route)?;
-    log.cluster = &dest.cluster;
-    let cluster = rt.clusters.get(&dest.cluster).ok_or_else(|| {
-        LocalError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Flag::NoHealthyUpstream,
-            "cluster not found",
-        )
-    })?;
 
-    let origin = parts.headers.get(http::header::ORIGIN).cloned();
-    if let Some(rw) = rewrite {
-        let matched_uri = matched.and_then(|m| route.matches[m].uri.as_ref());
-        if let Some(pq) =
-            filters::rewrite_path(rw, matched_uri, parts.uri.path(), parts.uri.query())
-            && !filters::set_path(&mut parts, &pq)
-        {
-            return Err(LocalError::new(
-                StatusCode::BAD_REQUEST,
-                Flag::NoRoute,
-                "rewritten path is not a valid URI",
-            ));
+        let mut limit_headers = HeaderMap::new();
+        for limit in table.rate_limits.iter().chain(route.rate_limits.iter()) {
+            if !limit.matches.is_empty() && !limit.matches.iter().any(|m| m.matches(&view)) {
+                continue;
+            }
+            let Some(bucket) = rt.bucket(&limit.name) else {
+                continue;
+            };
+            let decision = bucket.take();
+            decision.set_headers(&mut limit_headers);
+            if !decision.allowed {
+                let mut e = LocalError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Flag::RateLimited,
+                    "local rate limit exceeded",
+                );
+                e.headers = limit_headers;
+                return Err(e);
+            }
         }
-        if let Some(a) = &rw.authority
-            && let Ok(v) = HeaderValue::from_str(a)
-        {
-            parts.headers.insert(http::header::HOST, v);
+
+        if let Some(fault) = &route.fault {
+            if let Some(d) = &fault.delay
+                && percent_hit(d.percent)
+            {
+                log.flags.push(Flag::DelayInjected);
+                tokio::time::sleep(d.delay.as_std()).await;
+            }
+            if let Some(a) = &fault.abort
+                && percent_hit(a.percent)
+            {
+                let mut e = match a.kind {
+                    AbortKind::HttpStatus(s) => LocalError::new(
+                        StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        Flag::FaultInjected,
+                        "fault filter abort",
+                    ),
+                    AbortKind::GrpcStatus(code) => {
+                        let mut e = LocalError::new(
+                            StatusCode::OK,
+                            Flag::FaultInjected,
+                            "fault filter abort",
+                        );
+                        e.grpc_status = Some(code);
+                        e
+                    }
+                };
+                if matches!(a.kind, AbortKind::GrpcStatus(_)) && !flags::is_grpc(&parts.headers) {
+                    // A gRPC status for a plain HTTP client still needs an HTTP error.
+                    e.status = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                return Err(e);
+            }
         }
-    }
-    let upgrade = filters::is_upgrade(&parts);
-    filters::strip_hop_by_hop(&mut parts.headers, upgrade);
-    parts
-        .headers
-        .entry(X_REQUEST_ID)
-        .or_insert_with(filters::request_id);
-    route.request_headers.apply(&mut parts.headers);
-    dest.request_headers.apply(&mut parts.headers);
 
-    let (hash, set_cookie) = hash_key(&cluster.spec.lb, &parts, conn);
+        let (destinations, rewrite) = match &route.action {
+            RouteAction::DirectResponse { status, body } => {
+                let mut resp = filters::direct_response(*status, body.as_deref());
+                route.response_headers.apply(resp.headers_mut());
+                return Ok(resp);
+            }
+            RouteAction::Redirect(r) => {
+                let authority = route::authority(&parts).to_owned();
+                return Ok(filters::redirect(r, &parts, &authority));
+            }
+            RouteAction::Forward {
+                destinations,
+                rewrite,
+            } => (destinations, rewrite),
+        };
+        let dest = destinations
+            .get(rt.next_destination(&table_key, route_idx))
+            .or(destinations.first())
+            .ok_or_else(no_route)?;
+        log.cluster = &dest.cluster;
+        let cluster = rt.clusters.get(&dest.cluster).ok_or_else(|| {
+            LocalError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Flag::NoHealthyUpstream,
+                "cluster not found",
+            )
+        })?;
 
-    let mut resp = if upgrade {
-        let req = Request::from_parts(parts.clone(), incoming);
-        // Boxed: a WebSocket handshake is rare, and its state would otherwise enlarge the
-        // future of every request.
-        Box::pin(upgrade::forward(cluster, hash, parts, req, &shared.drain)).await?
-    } else {
-        let max_buffered = rt.snapshot.limits.max_buffered_body_bytes as usize;
-        let body = mirror(rt, route, &parts, incoming, max_buffered).await;
-        forward::forward(
-            forward::ForwardCtx {
-                cluster,
-                route,
-                hash,
-                max_buffered,
-            },
-            &parts,
-            body,
-            &mut log.flags,
-        )
-        .await?
-    };
-    filters::strip_hop_by_hop(resp.headers_mut(), upgrade);
-    dest.response_headers.apply(resp.headers_mut());
-    route.response_headers.apply(resp.headers_mut());
-    if let Some(cors) = &route.cors {
-        filters::cors_response(cors, origin.as_ref(), resp.headers_mut());
+        let origin = parts.headers.get(http::header::ORIGIN).cloned();
+        if let Some(rw) = rewrite {
+            let matched_uri = matched.and_then(|m| route.matches[m].uri.as_ref());
+            if let Some(pq) =
+                filters::rewrite_path(rw, matched_uri, parts.uri.path(), parts.uri.query())
+                && !filters::set_path(&mut parts, &pq)
+            {
+                return Err(LocalError::new(
+                    StatusCode::BAD_REQUEST,
+                    Flag::NoRoute,
+                    "rewritten path is not a valid URI",
+                ));
+            }
+            if let Some(a) = &rw.authority
+                && let Ok(v) = HeaderValue::from_str(a)
+            {
+                parts.headers.insert(http::header::HOST, v);
+            }
+        }
+        let upgrade = filters::is_upgrade(&parts);
+        filters::strip_hop_by_hop(&mut parts.headers, upgrade);
+        parts
+            .headers
+            .entry(X_REQUEST_ID)
+            .or_insert_with(filters::request_id);
+        route.request_headers.apply(&mut parts.headers);
+        dest.request_headers.apply(&mut parts.headers);
+
+        let (hash, set_cookie) = hash_key(&cluster.spec.lb, &parts, conn);
+
+        let mut resp = if upgrade {
+            let req = Request::from_parts(parts.clone(), incoming);
+            // Boxed: a WebSocket handshake is rare, and its state would otherwise enlarge the
+            // future of every request.
+            Box::pin(upgrade::forward(cluster, hash, parts, req, &shared.drain)).await?
+        } else {
+            let max_buffered = rt.snapshot.limits.max_buffered_body_bytes as usize;
+            let body = mirror(rt, route, &parts, incoming, max_buffered).await;
+            forward::forward(
+                forward::ForwardCtx {
+                    cluster,
+                    route,
+                    hash,
+                    max_buffered,
+                },
+                &parts,
+                body,
+                &mut log.flags,
+            )
+            .await?
+        };
+        filters::strip_hop_by_hop(resp.headers_mut(), upgrade);
+        dest.response_headers.apply(resp.headers_mut());
+        route.response_headers.apply(resp.headers_mut());
+        if let Some(cors) = &route.cors {
+            filters::cors_response(cors, origin.as_ref(), resp.headers_mut());
+        }
+        resp.headers_mut().extend(limit_headers);
+        if let Some(c) = set_cookie {
+            resp.headers_mut().append(SET_COOKIE, c);
+        }
+        Ok(resp)
     }
-    resp.headers_mut().extend(limit_headers);
-    if let Some(c) = set_cookie {
-        resp.headers_mut().append(SET_COOKIE, c);
-    }
-    Ok(resp)
 }
 
 /// The consistent-hash key of a request; with a cookie key and no cookie, a new cookie is
