@@ -308,10 +308,13 @@ async fn main() -> anyhow::Result<()> {
             args.etcd.display()
         );
     }
-    let base = match &args.dir {
-        Some(d) => tempfile::tempdir_in(d)?,
-        None => tempfile::tempdir_in("/var/tmp")?,
-    };
+    let parent = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let base = tempfile::tempdir_in(&parent)
+        .with_context(|| format!("making a data dir under {}", parent.display()))?;
     if args.keep {
         eprintln!("keeping data dirs and logs in {}", base.path().display());
     }
