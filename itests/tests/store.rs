@@ -332,6 +332,29 @@ async fn bad_data_dirs_and_bad_peers_are_refused_and_nothing_is_written() {
     })
     .await;
     one.kill();
+
+    // A log segment damaged on disk (not a write cut short by a crash).
+    let damaged_log = tmp.path().join("damaged-log");
+    copy_dir(&single, &damaged_log);
+    let segments = damaged_log.join("raft-log");
+    let mut names: Vec<_> = std::fs::read_dir(&segments)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let first = segments.join(&names[0]);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[20] ^= 0x5A;
+    std::fs::write(&first, &bytes).unwrap();
+    let before = snapshot_dir(&damaged_log);
+    let err = refused(&damaged_log, &[]);
+    assert!(
+        err.contains(&names[0]) && err.contains("checksum") && err.contains("restore"),
+        "{err}"
+    );
+    assert_eq!(snapshot_dir(&damaged_log), before);
+
     std::fs::write(single.join("state.redb"), vec![0xAB; 8192]).unwrap();
     let before = snapshot_dir(&single);
     let err = refused(&single, &[]);
@@ -387,6 +410,10 @@ async fn bad_data_dirs_and_bad_peers_are_refused_and_nothing_is_written() {
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
 }

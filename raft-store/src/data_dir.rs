@@ -111,8 +111,9 @@ impl DataDir {
                 ),
             ));
         }
-        // Both store files are checked before either is opened: opening one may repair
-        // it after a crash, and a refused start must leave everything as it was.
+        // Both store files and the log's segments are checked before any is opened:
+        // opening one may repair it after a crash, and a refused start must leave
+        // everything as it was.
         for file in [LOG_FILE, STATE_FILE] {
             let file_path = path.join(file);
             if !file_path.is_file() {
@@ -131,6 +132,12 @@ impl DataDir {
                 ));
             }
         }
+        crate::log_segments::Segments::check(&path.join(crate::log_store::SEGMENTS_DIR)).map_err(
+            |e| Error::DataDir {
+                path: e.path,
+                reason: e.reason,
+            },
+        )?;
         Ok(DataDir {
             path: path.to_path_buf(),
             node_id: identity.node_id,

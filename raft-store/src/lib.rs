@@ -1,5 +1,6 @@
-//! A replicated, durable, revisioned key-value store: an openraft log and state
-//! machine in redb, Raft over tonic gRPC, etcd-like revisions and watches.
+//! A replicated, durable, revisioned key-value store: openraft with its log in
+//! append-only segment files and its state machine in redb, Raft over tonic gRPC,
+//! etcd-like revisions and watches.
 //!
 //! Bytes in, bytes out: the store knows nothing of the mesh that keeps its state here.
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@ pub mod data_dir;
 pub mod error;
 mod forward;
 mod grpc;
+mod log_segments;
 pub mod log_store;
 pub mod network;
 pub mod node;

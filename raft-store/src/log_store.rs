@@ -1,8 +1,8 @@
-//! The Raft log, vote and purge point in redb.
+//! The Raft log: its entries in append-only segment files (`log_segments`), the vote,
+//! the committed index and the purge point in redb.
 //!
-//! One writer thread owns every change to the log file. It takes whatever writes are
-//! queued, puts them in one redb transaction and fsyncs once (group commit), then tells
-//! each caller. Appends return at once and report through openraft's flush callback,
+//! One writer thread owns every change to the log. It takes whatever writes are queued,
+//! appends their entries and syncs once (group commit), then tells each caller. Appends return at once and report through openraft's flush callback,
 //! so the leader replicates an entry while its own copy is still being written; until
 //! an entry is on disk, readers find it in memory. Votes, truncation and purging wait
 //! for their fsync before they return.
@@ -15,8 +15,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -25,9 +27,11 @@ use tokio::sync::oneshot;
 
 use crate::codec::{decode, encode};
 use crate::error::{IoContext, IoKind};
+use crate::log_segments::{SegmentError, Segments};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
-const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
+/// Where entries were kept before they moved to segment files; read once, to move them.
+const LEGACY_LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
 const LOG_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_log_meta");
 
 const VOTE: &str = "vote";
@@ -36,6 +40,27 @@ const LAST_PURGED: &str = "last_purged";
 
 /// How many bytes of entries already on disk the log keeps in memory as well.
 const RECENT_ON_DISK_BYTES: usize = 8 << 20;
+
+/// How often the committed index is written. It costs a sync of its own, and a lost one
+/// only means a restart re-applies fewer entries by itself and learns the rest from the
+/// leader.
+const COMMITTED_EVERY: Duration = Duration::from_secs(1);
+
+/// The log's entries are under `dir/`, beside its redb file.
+pub const SEGMENTS_DIR: &str = "raft-log";
+
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LogOpenError {
+    #[error("{0}")]
+    Meta(#[from] redb::Error),
+    #[error(transparent)]
+    Segments(#[from] SegmentError),
+}
+
+fn meta_error(e: impl Into<redb::Error>) -> LogOpenError {
+    LogOpenError::Meta(e.into())
+}
 
 /// One entry held in memory.
 struct Held {
@@ -131,11 +156,11 @@ enum Write {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    segments: Arc<Mutex<Segments>>,
     recent: Arc<Mutex<Recent>>,
     seq: Arc<AtomicU64>,
     writer: mpsc::Sender<Write>,
-    /// The newest committed log id not yet written; it rides along with the next write
-    /// rather than costing a transaction of its own.
+    /// The newest committed log id not yet written; the writer writes it now and then.
     committed: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
@@ -150,25 +175,42 @@ where
 }
 
 impl LogStore {
-    pub fn open(db: Arc<Database>) -> Result<Self, redb::Error> {
-        let tx = db.begin_write()?;
-        tx.open_table(LOG)?;
-        tx.open_table(LOG_META)?;
-        tx.commit()?;
+    /// Opens the log: its redb file `db` and its segments in `dir/raft-log/`. A log from
+    /// a build that kept entries in redb is moved to segments first.
+    pub fn open(db: Arc<Database>, dir: &Path) -> Result<Self, LogOpenError> {
+        // Read only, so that a log refused below leaves the data dir as it was.
+        let purged: Option<LogId> = {
+            let tx = db.begin_read().map_err(meta_error)?;
+            match tx.open_table(LOG_META) {
+                Ok(table) => match table.get(LAST_PURGED).map_err(meta_error)? {
+                    Some(v) => Some(decode(v.value()).map_err(|e| {
+                        LogOpenError::Meta(redb::Error::Io(std::io::Error::other(e)))
+                    })?),
+                    None => None,
+                },
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(meta_error(e)),
+            }
+        };
+        let mut segments = Segments::open(&dir.join(SEGMENTS_DIR), purged.map(|l| l.index))?;
+        move_legacy_entries(&db, &mut segments)?;
+        let segments = Arc::new(Mutex::new(segments));
         let recent = Arc::new(Mutex::new(Recent::default()));
         let committed = Arc::new(Mutex::new(None));
         let (writer, queue) = mpsc::channel();
         {
             let db = db.clone();
+            let segments = segments.clone();
             let recent = recent.clone();
             let committed = committed.clone();
             std::thread::Builder::new()
                 .name("raft-log-writer".into())
-                .spawn(move || write_loop(&db, &recent, &committed, &queue))
-                .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+                .spawn(move || write_loop(&db, &segments, &recent, &committed, &queue))
+                .map_err(|e| LogOpenError::Meta(redb::Error::Io(e)))?;
         }
         Ok(LogStore {
             db,
+            segments,
             recent,
             seq: Arc::new(AtomicU64::new(1)),
             writer,
@@ -176,8 +218,12 @@ impl LogStore {
         })
     }
 
+    fn segments(&self) -> std::sync::MutexGuard<'_, Segments> {
+        lock(&self.segments)
+    }
+
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.recent)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -210,14 +256,23 @@ impl LogStore {
             .io(kind)
     }
 
-    fn last_on_disk(db: &Database) -> Result<Option<LogId>, StorageError> {
+    /// The newest entry on disk, else the purge point. Reads the disk.
+    fn last_on_disk(&self) -> Result<Option<LogId>, StorageError> {
         let err: IoKind = StorageIOError::read_logs;
-        let tx = db.begin_read().io(err)?;
-        let table = tx.open_table(LOG).io(err)?;
-        match table.last().io(err)? {
-            Some((_, v)) => Ok(Some(decode::<Entry>(v.value()).io(err)?.log_id)),
-            None => Self::read_meta(db, LAST_PURGED, err),
+        let plan = {
+            let segments = self.segments();
+            segments
+                .last_index()
+                .map(|last| segments.plan_read(last, last + 1))
+        };
+        if let Some(plan) = plan {
+            for span in plan {
+                if let Some(bytes) = span.read().io(err)?.last() {
+                    return Ok(Some(decode::<Entry>(bytes).io(err)?.log_id));
+                }
+            }
         }
+        Self::read_meta(&self.db, LAST_PURGED, err)
     }
 
     /// The last log id, for a node's status.
@@ -225,31 +280,64 @@ impl LogStore {
         if let Some(log_id) = self.recent().last_log_id() {
             return Ok(Some(log_id));
         }
-        Self::last_on_disk(&self.db)
+        self.last_on_disk()
     }
 }
 
-/// Takes every queued write, commits them in one transaction, then answers each.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Moves entries that an older build kept in redb into segments. The redb table goes in
+/// the same transaction that follows the segments' sync, so a crash part-way only means
+/// the move is done again.
+fn move_legacy_entries(db: &Database, segments: &mut Segments) -> Result<(), LogOpenError> {
+    let tx = db.begin_write().map_err(meta_error)?;
+    tx.open_table(LOG_META).map_err(meta_error)?;
+    let entries: Vec<(u64, Vec<u8>)> = {
+        let table = tx.open_table(LEGACY_LOG).map_err(meta_error)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(meta_error)? {
+            let (k, v) = item.map_err(meta_error)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        out
+    };
+    if !entries.is_empty() {
+        segments.clear()?;
+        for chunk in entries.chunks(1024) {
+            let refs: Vec<(u64, &[u8])> = chunk.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+            if let Some(file) = segments.append(&refs)? {
+                file.sync_data()
+                    .map_err(|e| LogOpenError::Meta(redb::Error::Io(e)))?;
+            }
+        }
+        tracing::info!(
+            entries = entries.len(),
+            "moved the Raft log's entries to segment files"
+        );
+    }
+    tx.delete_table(LEGACY_LOG).map_err(meta_error)?;
+    tx.commit().map_err(meta_error)?;
+    Ok(())
+}
+
+/// Takes every queued write, commits them together, then answers each.
 fn write_loop(
     db: &Database,
+    segments: &Mutex<Segments>,
     recent: &Mutex<Recent>,
     committed: &Mutex<Option<Vec<u8>>>,
     queue: &mpsc::Receiver<Write>,
 ) {
+    let mut committed_written = Instant::now();
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while let Ok(more) = queue.try_recv() {
             batch.push(more);
         }
-        if let Some(value) = committed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            batch.push(Write::Meta {
-                key: COMMITTED,
-                value,
-                done: None,
-            });
-        }
-        let started = std::time::Instant::now();
-        let result = commit(db, &batch).map_err(|e| e.to_string());
+        let started = Instant::now();
+        let result = commit(db, segments, committed, &batch);
         tracing::debug!(
             writes = batch.len(),
             micros = started.elapsed().as_micros() as u64,
@@ -275,46 +363,91 @@ fn write_loop(
         if result.is_ok() {
             // Only now may readers go to disk for these; a newer append to the same
             // index (after a truncation) keeps its place.
-            recent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .flushed(&written);
+            lock(recent).flushed(&written);
+        }
+        // After the answers, so it is never on a write's path.
+        if committed_written.elapsed() >= COMMITTED_EVERY
+            && let Some(value) = lock(committed).take()
+        {
+            committed_written = Instant::now();
+            if let Err(e) = write_meta(db, &[(COMMITTED, &value)], None) {
+                tracing::warn!(error = %e, "the committed index could not be written");
+            }
         }
     }
 }
 
-fn commit(db: &Database, batch: &[Write]) -> Result<(), redb::Error> {
-    let mut tx = db.begin_write()?;
-    let durable = batch
-        .iter()
-        .any(|w| !matches!(w, Write::Meta { key: COMMITTED, .. }));
-    tx.set_durability(if durable {
-        Durability::Immediate
-    } else {
-        Durability::None
-    })
-    .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
+fn commit(
+    db: &Database,
+    segments: &Mutex<Segments>,
+    committed: &Mutex<Option<Vec<u8>>>,
+    batch: &[Write],
+) -> Result<(), String> {
+    let mut to_sync: Vec<Arc<std::fs::File>> = Vec::new();
+    let mut purged_files = Vec::new();
+    let mut purged_to = None;
+    let mut metas: Vec<(&str, &[u8])> = Vec::new();
     {
-        let mut log = tx.open_table(LOG)?;
-        let mut meta = tx.open_table(LOG_META)?;
+        let mut segments = lock(segments);
         for write in batch {
             match write {
                 Write::Append { entries, .. } => {
-                    for (index, _, bytes) in entries {
-                        log.insert(*index, bytes.as_slice())?;
+                    let refs: Vec<(u64, &[u8])> =
+                        entries.iter().map(|(i, _, b)| (*i, b.as_slice())).collect();
+                    if let Some(file) = segments.append(&refs).map_err(|e| e.to_string())?
+                        && !to_sync.iter().any(|f| Arc::ptr_eq(f, &file))
+                    {
+                        to_sync.push(file);
                     }
                 }
-                Write::Meta { key, value, .. } => {
-                    meta.insert(*key, value.as_slice())?;
-                }
                 Write::Truncate { from, .. } => {
-                    log.retain_in(*from.., |_, _| false)?;
+                    segments.truncate(*from).map_err(|e| e.to_string())?;
                 }
                 Write::Purge { upto, value, .. } => {
-                    meta.insert(LAST_PURGED, value.as_slice())?;
-                    log.retain_in(..=*upto, |_, _| false)?;
+                    purged_files.extend(segments.purge(*upto));
+                    purged_to = Some(value.as_slice());
                 }
+                Write::Meta { key, value, .. } => metas.push((key, value.as_slice())),
             }
+        }
+    }
+    for file in &to_sync {
+        file.sync_data()
+            .map_err(|e| format!("raft log segment cannot be synced: {e}"))?;
+    }
+    if !metas.is_empty() || purged_to.is_some() {
+        let pending = lock(committed).take();
+        if let Some(value) = &pending {
+            metas.push((COMMITTED, value));
+        }
+        write_meta(db, &metas, purged_to).map_err(|e| e.to_string())?;
+    }
+    // Only once the purge is recorded: until then a restart may still need them.
+    if !purged_files.is_empty() {
+        let segments = lock(segments);
+        segments
+            .remove_files(&purged_files)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Writes log metadata durably: the vote must be on disk before it is answered.
+fn write_meta(
+    db: &Database,
+    metas: &[(&str, &[u8])],
+    purged_to: Option<&[u8]>,
+) -> Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)
+        .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
+    {
+        let mut meta = tx.open_table(LOG_META)?;
+        for (key, value) in metas {
+            meta.insert(*key, *value)?;
+        }
+        if let Some(value) = purged_to {
+            meta.insert(LAST_PURGED, value)?;
         }
     }
     tx.commit()?;
@@ -348,15 +481,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .collect();
         let first_pending = pending.first().map_or(end, |(i, _)| *i);
         let mut entries: BTreeMap<u64, Entry> = if first_pending > start {
-            let db = self.db.clone();
+            let plan = self.segments().plan_read(start, first_pending);
             blocking(move || {
                 let err: IoKind = StorageIOError::read_logs;
-                let tx = db.begin_read().io(err)?;
-                let table = tx.open_table(LOG).io(err)?;
                 let mut out = BTreeMap::new();
-                for item in table.range(start..first_pending).io(err)? {
-                    let (k, v) = item.io(err)?;
-                    out.insert(k.value(), decode::<Entry>(v.value()).io(err)?);
+                for span in plan {
+                    for bytes in span.read().io(err)? {
+                        let entry = decode::<Entry>(&bytes).io(err)?;
+                        out.insert(entry.log_id.index, entry);
+                    }
                 }
                 Ok(out)
             })
@@ -373,11 +506,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let db = self.db.clone();
+        let store = self.clone();
         let (last_purged_log_id, on_disk) = blocking(move || {
             let purged: Option<LogId> =
-                Self::read_meta(&db, LAST_PURGED, StorageIOError::read_logs)?;
-            Ok((purged, Self::last_on_disk(&db)?))
+                Self::read_meta(&store.db, LAST_PURGED, StorageIOError::read_logs)?;
+            Ok((purged, store.last_on_disk()?))
         })
         .await?;
         let last_log_id = self.recent().last_log_id().or(on_disk);
@@ -410,9 +543,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Written with the next log write, never on its own: a committed index lost in a
-        // crash only means a restart re-applies fewer entries itself and learns the rest
-        // from the leader.
+        // Written by the log writer now and then (`COMMITTED_EVERY`), never waited for.
         let value = encode(&committed).io(StorageIOError::write)?;
         *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
         Ok(())
@@ -508,6 +639,52 @@ mod tests {
             size,
             on_disk: false,
         }
+    }
+
+    #[tokio::test]
+    async fn a_log_kept_in_redb_by_an_older_build_moves_to_segments_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("raft-log.redb");
+        {
+            let db = Database::create(&db_path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut table = tx.open_table(LEGACY_LOG).unwrap();
+                for i in 0..300 {
+                    let bytes = encode(&held(i, 0, 0).entry).unwrap();
+                    table.insert(i, bytes.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        // The writer thread of a dropped store lets go of the file as it ends.
+        let reopen = || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match Database::create(&db_path) {
+                    Ok(db) => return db,
+                    Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("{}: {e}", db_path.display()),
+                }
+            }
+        };
+        for _ in 0..2 {
+            let db = Arc::new(reopen());
+            let mut log = LogStore::open(db, dir.path()).unwrap();
+            let entries = log.try_get_log_entries(0..400).await.unwrap();
+            assert_eq!(
+                entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+                (0..300).collect::<Vec<_>>()
+            );
+            assert_eq!(log.last_log_id().unwrap().map(|l| l.index), Some(299));
+        }
+        let db = reopen();
+        let tx = db.begin_read().unwrap();
+        assert!(tx.open_table(LEGACY_LOG).is_err(), "the old table is gone");
     }
 
     #[test]

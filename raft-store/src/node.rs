@@ -15,7 +15,7 @@ use crate::channels::Channels;
 use crate::data_dir::{DataDir, LOG_FILE, STATE_FILE};
 use crate::error::Error;
 use crate::forward::Forwarder;
-use crate::log_store::LogStore;
+use crate::log_store::{LogOpenError, LogStore};
 use crate::network::{LinkControl, Network, OpenLinks};
 use crate::pb;
 use crate::state_machine::{HistoryRetention, StateMachine, StateView};
@@ -331,7 +331,13 @@ impl StoreNode {
             path: dir.path.join(file),
             reason: e.to_string(),
         };
-        let log = LogStore::open(log_db).map_err(|e| storage(LOG_FILE, e))?;
+        let log = LogStore::open(log_db, &dir.path).map_err(|e| match e {
+            LogOpenError::Meta(e) => storage(LOG_FILE, e),
+            LogOpenError::Segments(e) => Error::DataDir {
+                path: e.path,
+                reason: e.reason,
+            },
+        })?;
         let sm = StateMachine::open(
             state_db,
             dir.path.clone(),

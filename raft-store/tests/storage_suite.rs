@@ -1,4 +1,4 @@
-//! openraft's own storage test suite, run against the redb log and state machine.
+//! openraft's own storage test suite, run against the log (segment files and redb) and the redb state machine.
 #![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Red
         let log_db = Arc::new(redb::Database::create(dir.path().join("log.redb")).expect("log db"));
         let state_db =
             Arc::new(redb::Database::create(dir.path().join("state.redb")).expect("state db"));
-        let log = LogStore::open(log_db).expect("log store");
+        let log = LogStore::open(log_db, dir.path()).expect("log store");
         let sm = StateMachine::open(
             state_db,
             dir.path(),
