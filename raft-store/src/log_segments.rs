@@ -593,6 +593,21 @@ mod tests {
         }
     }
 
+    /// Records as a batch's write puts them on disk.
+    fn records(range: std::ops::RangeInclusive<u64>, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in range {
+            put_record(&mut out, i, &payload(i, len));
+        }
+        out
+    }
+
+    /// Puts bytes into a segment behind the log's back, as a crash part-way leaves them.
+    fn write_raw(segment: &Path, bytes: &[u8], at: usize) {
+        let file = OpenOptions::new().write(true).open(segment).unwrap();
+        file.write_all_at(bytes, at as u64).unwrap();
+    }
+
     fn read_all(log: &Segments) -> Vec<(u64, Vec<u8>)> {
         let mut out = Vec::new();
         for span in log.plan_read(0, u64::MAX) {
@@ -666,14 +681,9 @@ mod tests {
         drop(log);
         // A batch of entries 6 to 10 of which only the first sector reached the disk:
         // 6, 7 and 8 whole, 9 cut short.
-        let mut batch = Vec::new();
-        for i in 6..=10 {
-            put_record(&mut batch, i, &payload(i, 100));
-        }
+        let batch = records(6..=10, 100);
         let kept = end.next_multiple_of(512) - end;
-        let file = OpenOptions::new().write(true).open(&segment).unwrap();
-        file.write_all_at(&batch[..kept], end as u64).unwrap();
-        drop(file);
+        write_raw(&segment, &batch[..kept], end);
 
         let mut log = Segments::open_sized(&path, None, 1 << 16).unwrap();
         assert_eq!(indexes(&log), (1..=8).collect::<Vec<_>>());
@@ -689,15 +699,9 @@ mod tests {
 
         // A batch whose first sector was lost and a later one kept: the header reads as
         // zeros, and what lies after it goes too.
-        let mut batch = Vec::new();
-        for i in 10..=20 {
-            put_record(&mut batch, i, &payload(i, 100));
-        }
+        let batch = records(10..=20, 100);
         let lost = end.next_multiple_of(512) - end;
-        let file = OpenOptions::new().write(true).open(&segment).unwrap();
-        file.write_all_at(&batch[lost..], (end + lost) as u64)
-            .unwrap();
-        drop(file);
+        write_raw(&segment, &batch[lost..], end + lost);
         let mut log = Segments::open_sized(&path, None, 1 << 16).unwrap();
         assert_eq!(indexes(&log), (1..=9).collect::<Vec<_>>());
         assert!(
@@ -757,38 +761,26 @@ mod tests {
         }
         drop(log);
         let files = segment_files(&path);
-        let first = path.join(&files[0]);
-        let before = std::fs::read(&first).unwrap();
-        let mut flipped = before.clone();
-        flipped[HEADER + 5] ^= 0xff;
-        std::fs::write(&first, &flipped).unwrap();
-        let err = Segments::open_sized(&path, None, 4096)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains(&files[0]) && err.contains("checksum") && err.contains("byte 0"),
-            "{err}"
-        );
-        assert_eq!(std::fs::read(&first).unwrap(), flipped);
-        std::fs::write(&first, &before).unwrap();
-
-        // Damage in the newest segment is not taken for a crash mid-write.
-        let newest = path.join(files.last().unwrap());
-        let before = std::fs::read(&newest).unwrap();
-        let mut flipped = before.clone();
-        flipped[HEADER + 5] ^= 0xff;
-        std::fs::write(&newest, &flipped).unwrap();
-        let err = Segments::open_sized(&path, None, 4096)
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains(files.last().unwrap()) && err.contains("checksum"),
-            "{err}"
-        );
-        assert_eq!(std::fs::read(&newest).unwrap(), flipped);
-        std::fs::write(&newest, &before).unwrap();
+        // One bit of the first record flipped, in the oldest segment and then in the
+        // newest (which is not taken for a crash mid-write): the start is refused, the
+        // file named, and nothing in it changed.
+        for (name, place) in [(&files[0], "byte 0"), (files.last().unwrap(), "checksum")] {
+            let segment = path.join(name);
+            let before = std::fs::read(&segment).unwrap();
+            let mut flipped = before.clone();
+            flipped[HEADER + 5] ^= 0xff;
+            std::fs::write(&segment, &flipped).unwrap();
+            let err = Segments::open_sized(&path, None, 4096)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains(name.as_str()) && err.contains("checksum") && err.contains(place),
+                "{err}"
+            );
+            assert_eq!(std::fs::read(&segment).unwrap(), flipped);
+            std::fs::write(&segment, &before).unwrap();
+        }
 
         std::fs::remove_file(path.join(&files[1])).unwrap();
         let err = Segments::open_sized(&path, None, 4096)
