@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub(crate) const SEGMENT_BYTES: u64 = 8 << 20;
 const HEADER: usize = 16;
 const SUFFIX: &str = ".seg";
-/// Where `File::set_len` rounds a segment's length to, so records fill whole pages.
+/// A segment made for a batch larger than `SEGMENT_BYTES` is this many bytes a step.
 const PAGE: u64 = 4096;
 
 /// A segment file or the log's directory that cannot be used, and why.
@@ -377,10 +377,9 @@ impl Segments {
                 return Err(damaged(
                     dir,
                     format!(
-                        "entries {} to {} are missing between {} and {}",
-                        prev.next_index(),
-                        first.saturating_sub(1),
+                        "{} ends at entry {} but {} starts at entry {first}: entries are missing or doubled",
                         prev.path.display(),
+                        prev.next_index() - 1,
                         path.display()
                     ),
                 ));
@@ -787,7 +786,7 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("are missing"), "{err}");
+        assert!(err.contains("entries are missing"), "{err}");
         assert_eq!(segment_files(&path).len(), files.len() - 1);
 
         std::fs::write(path.join("notes.seg"), b"x").unwrap();
