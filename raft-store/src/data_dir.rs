@@ -11,7 +11,12 @@ use crate::types::NodeId;
 pub const IDENTITY_FILE: &str = "server.json";
 pub const LOG_FILE: &str = "raft-log.redb";
 pub const STATE_FILE: &str = "state.redb";
-const FORMAT: u32 = 1;
+/// The data dir's layout. Format 1 kept the Raft log's entries in `raft-log.redb`; format 2
+/// keeps them in `raft-log/` segments. A format 1 dir is moved over when its store is first
+/// opened, and marked 2 after, so that a build that knows only format 1 refuses it rather
+/// than see an empty log.
+const FORMAT: u32 = 2;
+const OLDEST_FORMAT: u32 = 1;
 /// The first bytes of every redb file.
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 
@@ -34,6 +39,8 @@ pub struct DataDir {
     pub cluster_id: String,
     /// Whether it already held a server's state.
     pub existing: bool,
+    /// The layout it was found in.
+    pub format: u32,
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
@@ -81,6 +88,7 @@ impl DataDir {
                 node_id,
                 cluster_id: String::new(),
                 existing: false,
+                format: FORMAT,
             });
         }
         let text = std::fs::read_to_string(&identity_path)
@@ -91,11 +99,11 @@ impl DataDir {
                 format!("is damaged ({e}); restore it from a backup, or empty the data dir and rejoin the cluster"),
             )
         })?;
-        if identity.format != FORMAT {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&identity.format) {
             return Err(bad(
                 &identity_path,
                 format!(
-                    "has format {} but this build reads format {FORMAT}; run the Trellis version that wrote it",
+                    "has format {} but this build reads formats {OLDEST_FORMAT} to {FORMAT}; run the Trellis version that wrote it, or a newer one",
                     identity.format
                 ),
             ));
@@ -143,6 +151,7 @@ impl DataDir {
             node_id: identity.node_id,
             cluster_id: identity.cluster_id,
             existing: true,
+            format: identity.format,
         })
     }
 
@@ -154,6 +163,22 @@ impl DataDir {
             return Ok(());
         }
         self.write_identity(&self.cluster_id)
+    }
+
+    /// Marks the data dir with this build's format, once its store was opened (and so
+    /// moved to this format).
+    pub fn mark_current_format(&self) -> Result<(), Error> {
+        if self.format == FORMAT {
+            return Ok(());
+        }
+        self.write_identity(&self.cluster_id)?;
+        tracing::info!(
+            path = %self.path.display(),
+            from = self.format,
+            to = FORMAT,
+            "data dir moved to the current format"
+        );
+        Ok(())
     }
 
     /// Notes the cluster id in the identity file, so a later start can check its
@@ -234,6 +259,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--node-id"), "{err}");
+    }
+
+    #[test]
+    fn a_dir_of_a_newer_format_is_refused_and_an_older_one_is_marked_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = DataDir::inspect(dir.path(), Some(7)).unwrap();
+        d.create().unwrap();
+        d.open_db(LOG_FILE).unwrap();
+        d.open_db(STATE_FILE).unwrap();
+        let identity = dir.path().join(IDENTITY_FILE);
+        let text = std::fs::read_to_string(&identity).unwrap();
+        let with_format = |n: u32| {
+            text.replace(
+                &format!("\"format\": {FORMAT}"),
+                &format!("\"format\": {n}"),
+            )
+        };
+
+        std::fs::write(&identity, with_format(FORMAT + 1)).unwrap();
+        let err = DataDir::inspect(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains(&format!("has format {}", FORMAT + 1)), "{err}");
+
+        std::fs::write(&identity, with_format(OLDEST_FORMAT)).unwrap();
+        let old = DataDir::inspect(dir.path(), None).unwrap();
+        assert_eq!(old.format, OLDEST_FORMAT);
+        old.mark_current_format().unwrap();
+        assert_eq!(DataDir::inspect(dir.path(), None).unwrap().format, FORMAT);
     }
 
     #[test]

@@ -271,6 +271,7 @@ impl StoreNode {
             inner.data_dir.create()?;
         }
         let (log, view, sm) = self.open_store()?;
+        inner.data_dir.mark_current_format()?;
         if self.cluster_id().is_empty()
             && let Ok(id) = view.cluster_id()
         {
