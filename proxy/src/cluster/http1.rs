@@ -132,7 +132,10 @@ impl Http1Pool {
         let sender = self
             .connector
             .open(authority, |io| async move {
-                let (sender, connection) = http1::Builder::new().handshake(io).await?;
+                // One buffer and one `write` per request head and small body, as on the
+                // downstream side (`http::serve`).
+                let (sender, connection) =
+                    http1::Builder::new().writev(false).handshake(io).await?;
                 Ok((sender, connection.with_upgrades()))
             })
             .await?;

@@ -69,6 +69,9 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.as_std())
         .max_buf_size((limits.max_header_bytes as usize).max(8192))
+        // A response's head and a small body go out in one buffer with one `write`, not as
+        // an iovec per piece: 6 % less CPU per request over HTTP/1.1 (bench/README.md).
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()
