@@ -226,6 +226,79 @@ impl StateView {
     }
 }
 
+/// Applies entries in one transaction that does not wait for the disk: their data, the
+/// revision and the applied index together.
+fn apply_entries(
+    db: &Database,
+    entries: &[Entry],
+    retention: HistoryRetention,
+) -> Result<(Vec<CommandResult>, Vec<Event>, u64), StorageError> {
+    let err: IoKind = StorageIOError::write_state_machine;
+    let mut tx = db.begin_write().io(err)?;
+    tx.set_durability(Durability::None).io(err)?;
+    let mut revision: u64 = StateMachine::get_meta(&tx, REVISION)?;
+    let mut results = Vec::with_capacity(entries.len());
+    let mut events = Vec::new();
+    let mut last = None;
+    for entry in entries {
+        last = Some(entry.log_id);
+        let result = match &entry.payload {
+            EntryPayload::Blank => CommandResult {
+                revision,
+                succeeded: true,
+                ..CommandResult::default()
+            },
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                StateMachine::put_meta(&tx, MEMBERSHIP, &stored)?;
+                CommandResult {
+                    revision,
+                    succeeded: true,
+                    ..CommandResult::default()
+                }
+            }
+            EntryPayload::Normal(Command::SetClusterId(id)) => {
+                let current: String = StateMachine::get_meta(&tx, CLUSTER_ID)?;
+                if current.is_empty() {
+                    StateMachine::put_meta(&tx, CLUSTER_ID, id)?;
+                }
+                CommandResult {
+                    revision,
+                    succeeded: current.is_empty() || current == *id,
+                    ..CommandResult::default()
+                }
+            }
+            EntryPayload::Normal(Command::Txn(txn)) => {
+                let first_event = events.len();
+                let result = apply_txn(&tx, txn, entry.log_id.index, &mut events)?;
+                record_history(&tx, entry.log_id.index, &events[first_event..])?;
+                settle(result, &mut revision)
+            }
+            EntryPayload::Normal(Command::Batch(txns)) => {
+                let first_event = events.len();
+                let mut each = Vec::with_capacity(txns.len());
+                for txn in txns {
+                    let result = apply_txn(&tx, txn, entry.log_id.index, &mut events)?;
+                    each.push(settle(result, &mut revision));
+                }
+                record_history(&tx, entry.log_id.index, &events[first_event..])?;
+                CommandResult {
+                    revision,
+                    succeeded: each.iter().all(|r| r.succeeded),
+                    deleted: each.iter().map(|r| r.deleted).sum(),
+                    batch: each,
+                }
+            }
+        };
+        results.push(result);
+    }
+    StateMachine::put_meta(&tx, REVISION, &revision)?;
+    StateMachine::put_meta(&tx, LAST_APPLIED, &last)?;
+    compact_history(&tx, revision, retention)?;
+    tx.commit().io(err)?;
+    Ok((results, events, revision))
+}
+
 /// Makes every commit so far durable. The applied index is written again (unchanged) so
 /// the transaction is not empty.
 fn make_durable(db: &Database) -> Result<(), StorageError> {
@@ -480,79 +553,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(pending) = self.durable.take() {
             pending.await.io(StorageIOError::write_state_machine)??;
         }
-        let db = self.db.clone();
-        let retention = self.retention;
         let count = entries.len();
         let started = std::time::Instant::now();
-        let work = move || {
-            let err: IoKind = StorageIOError::write_state_machine;
-            let mut tx = db.begin_write().io(err)?;
-            tx.set_durability(Durability::None).io(err)?;
-            let mut revision: u64 = StateMachine::get_meta(&tx, REVISION)?;
-            let mut results = Vec::with_capacity(entries.len());
-            let mut events = Vec::new();
-            let mut last = None;
-            for entry in &entries {
-                last = Some(entry.log_id);
-                let result = match &entry.payload {
-                    EntryPayload::Blank => CommandResult {
-                        revision,
-                        succeeded: true,
-                        ..CommandResult::default()
-                    },
-                    EntryPayload::Membership(m) => {
-                        let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                        StateMachine::put_meta(&tx, MEMBERSHIP, &stored)?;
-                        CommandResult {
-                            revision,
-                            succeeded: true,
-                            ..CommandResult::default()
-                        }
-                    }
-                    EntryPayload::Normal(Command::SetClusterId(id)) => {
-                        let current: String = StateMachine::get_meta(&tx, CLUSTER_ID)?;
-                        if current.is_empty() {
-                            StateMachine::put_meta(&tx, CLUSTER_ID, id)?;
-                        }
-                        CommandResult {
-                            revision,
-                            succeeded: current.is_empty() || current == *id,
-                            ..CommandResult::default()
-                        }
-                    }
-                    EntryPayload::Normal(Command::Txn(txn)) => {
-                        let first_event = events.len();
-                        let result = apply_txn(&tx, txn, entry.log_id.index, &mut events)?;
-                        record_history(&tx, entry.log_id.index, &events[first_event..])?;
-                        settle(result, &mut revision)
-                    }
-                    EntryPayload::Normal(Command::Batch(txns)) => {
-                        let first_event = events.len();
-                        let mut each = Vec::with_capacity(txns.len());
-                        for txn in txns {
-                            let result = apply_txn(&tx, txn, entry.log_id.index, &mut events)?;
-                            each.push(settle(result, &mut revision));
-                        }
-                        record_history(&tx, entry.log_id.index, &events[first_event..])?;
-                        CommandResult {
-                            revision,
-                            succeeded: each.iter().all(|r| r.succeeded),
-                            deleted: each.iter().map(|r| r.deleted).sum(),
-                            batch: each,
-                        }
-                    }
-                };
-                results.push(result);
-            }
-            StateMachine::put_meta(&tx, REVISION, &revision)?;
-            StateMachine::put_meta(&tx, LAST_APPLIED, &last)?;
-            compact_history(&tx, revision, retention)?;
-            tx.commit().io(err)?;
-            Ok::<_, StorageError>((results, events, revision))
-        };
         // A commit that does not wait for the disk is cheaper than handing it to a
         // blocking thread and back, which would sit on every write's path.
-        let (results, events, revision) = work()?;
+        let (results, events, revision) = apply_entries(&self.db, &entries, self.retention)?;
         tracing::debug!(
             entries = count,
             micros = started.elapsed().as_micros() as u64,
