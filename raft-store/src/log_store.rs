@@ -2,15 +2,16 @@
 //! the committed index and the purge point in redb.
 //!
 //! One writer thread owns every change to the log. It takes whatever writes are queued,
-//! appends their entries and syncs once (group commit), then tells each caller. Appends return at once and report through openraft's flush callback,
-//! so the leader replicates an entry while its own copy is still being written; until
-//! an entry is on disk, readers find it in memory. Votes, truncation and purging wait
-//! for their fsync before they return.
+//! appends their entries and syncs once (group commit), then tells each caller. Appends
+//! return at once and report through openraft's flush callback, so the leader replicates
+//! an entry while its own copy is still being written; until an entry is on disk, readers
+//! find it in memory. Votes, truncation and purging wait for their fsync before they
+//! return.
 //!
 //! The newest entries stay in memory for a while after they are on disk, because they are
 //! read again at once: to apply them when they commit, and to send them to a follower.
-//! A read from redb would have to leave the runtime for a blocking thread and come back,
-//! a hand-off on the path of every write.
+//! A read from a segment file would have to leave the runtime for a blocking thread and
+//! come back, a hand-off on the path of every write.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
