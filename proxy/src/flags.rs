@@ -12,6 +12,8 @@ use http::{HeaderMap, Response, StatusCode};
 use crate::body::{self, Body};
 
 pub const FLAGS_HEADER: &str = "x-trellis-response-flags";
+/// Named once: a lookup by `&str` parses the name again on every request.
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flag {
@@ -137,7 +139,7 @@ pub fn local_reply(
         let mut r = Response::new(body::empty());
         let h = r.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert("grpc-status", HeaderValue::from(code));
+        h.insert(GRPC_STATUS, HeaderValue::from(code));
         if let Ok(v) = HeaderValue::from_str(message) {
             h.insert("grpc-message", v);
         }

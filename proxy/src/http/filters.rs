@@ -10,7 +10,8 @@ use crate::config::matcher::StringMatcher;
 use crate::config::{Cors, Redirect, Rewrite};
 
 /// Headers that describe one connection, not the request: never forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP_COUNT: usize = 6;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -20,34 +21,48 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most requests carry none of these: one pass over the few names present is cheaper
-    // than a lookup for each name that could be.
-    if !headers
-        .keys()
-        .any(|n| *n == header::TE || HOP_BY_HOP.contains(n))
-    {
-        return;
+    // One pass over the few names present notes which hop-by-hop ones occur; only those are
+    // then removed, each removal hashing its name (a response nearly always carries
+    // `connection: keep-alive`, a request rarely any).
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut te = false;
+    for name in headers.keys() {
+        if *name == header::TE {
+            te = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
     }
-    // Headers the client listed in `Connection` are hop-by-hop too. Only names actually
-    // present are collected: the usual `keep-alive` or `close` then costs no allocation.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
-        .filter(|t| headers.contains_key(*t))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    if present[0] {
+        // Headers listed in `Connection` are hop-by-hop too. Tokens naming a header removed
+        // anyway, or `close`, are skipped: the usual `keep-alive` then costs no lookup.
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter(|t| headers.contains_key(*t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP.iter() {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         if keep_upgrade && (*name == header::CONNECTION || *name == header::UPGRADE) {
             continue;
         }
         headers.remove(name);
+    }
+    if !te {
+        return;
     }
     // `te: trailers` is how gRPC says it understands trailers; anything else is hop-by-hop.
     let te_trailers = headers

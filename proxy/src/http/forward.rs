@@ -14,6 +14,7 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use rand::Rng;
+use tokio::time::Instant;
 
 use super::LocalError;
 use super::replay::Replay;
@@ -189,7 +190,7 @@ fn classify(e: &SendError) -> Failure {
 
 fn grpc_status<B>(resp: &Response<B>) -> Option<u32> {
     resp.headers()
-        .get("grpc-status")
+        .get(crate::flags::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
 }
@@ -239,6 +240,41 @@ fn backoff(base: Duration, retry: u32) -> Duration {
     Duration::from_nanos(rand::rng().random_range(0..=nanos))
 }
 
+pin_project_lite::pin_project! {
+    /// A future with an optional deadline, as one type. Awaiting `tokio::time::timeout(f)` in
+    /// one branch and `f` in another would keep room for both in the request's state, which is
+    /// copied whole each time it moves.
+    struct Within<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    /// None when the deadline passed first.
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.inner.poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+fn within<F: Future>(deadline: Option<Instant>, inner: F) -> Within<F> {
+    Within {
+        inner,
+        deadline: deadline.map(tokio::time::sleep_until),
+    }
+}
+
 /// Whether the upstream is spoken to over HTTP/2: declared so, or following the client.
 pub fn upstream_http2(protocol: Protocol, version: Version) -> bool {
     match protocol {
@@ -274,76 +310,76 @@ pub async fn forward(
     })?;
     let replay = Replay::new(body, ctx.max_buffered);
     let policy = &route.retry;
+    // The route's timeout bounds every attempt and backoff rather than wrapping the loop in a
+    // future of its own: the loop's state then lives in this future and is not copied into
+    // another each time the request moves.
+    let route_deadline = route.timeout.map(|t| Instant::now() + t.as_std());
+    let route_timeout = |flags: &mut Flags| {
+        flags.push(Flag::UpstreamRequestTimeout);
+        Failure::Timeout.reply()
+    };
     let mut tried: Vec<usize> = Vec::new();
     let mut retries = 0u32;
     let mut _retry_permit: Option<RetryPermit> = None;
-    let attempts = async {
-        loop {
-            let exclude: &[usize] = if policy.ignore_previous_hosts {
-                &tried
-            } else {
-                &[]
-            };
-            let idx = cluster.choose(ctx.hash, exclude).map_err(|flag| {
-                LocalError::new(StatusCode::SERVICE_UNAVAILABLE, flag, "no healthy upstream")
-            })?;
-            if policy.ignore_previous_hosts {
-                tried.push(idx);
-            }
-            let endpoint = cluster.endpoints[idx].clone();
-            let active = endpoint.start_request();
-            let req = upstream_request(parts, replay.attempt(), &endpoint, http2);
-            let sent = send(cluster, &endpoint, req, http2);
-            let result = match policy.per_try_timeout {
-                Some(t) => match tokio::time::timeout(t.as_std(), sent).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Failure::Timeout),
-                },
-                None => sent.await,
-            };
-            let attempt = match result {
-                Ok(resp) => Attempt::Response(resp),
-                Err(f) => Attempt::Failed(f),
-            };
-            if let Some(o) = outcome(&attempt) {
-                cluster.report(idx, o);
-            }
-            let wants_retry = retriable(&policy.on, &attempt);
-            let may_retry = wants_retry && retries < policy.attempts && replay.can_replay();
-            let retry_permit = if may_retry {
-                cluster.try_start_retry()
-            } else {
-                None
-            };
-            let Some(retry_permit) = retry_permit else {
-                if wants_retry && retries > 0 {
-                    flags.push(Flag::UpstreamRetryLimitExceeded);
-                }
-                return match attempt {
-                    Attempt::Response(resp) => Ok((resp, active)),
-                    Attempt::Failed(f) => {
-                        flags.push(f.flag());
-                        Err(f.reply())
-                    }
-                };
-            };
-            _retry_permit = Some(retry_permit);
-            retries += 1;
-            drop(attempt);
-            drop(active);
-            tracing::debug!(cluster = %cluster.spec.name, retries, "retrying");
-            tokio::time::sleep(backoff(policy.backoff_base.as_std(), retries)).await;
+    let (resp, active) = loop {
+        let exclude: &[usize] = if policy.ignore_previous_hosts {
+            &tried
+        } else {
+            &[]
+        };
+        let idx = cluster.choose(ctx.hash, exclude).map_err(|flag| {
+            LocalError::new(StatusCode::SERVICE_UNAVAILABLE, flag, "no healthy upstream")
+        })?;
+        if policy.ignore_previous_hosts {
+            tried.push(idx);
         }
-    };
-    let (resp, active) = match route.timeout {
-        Some(t) => match tokio::time::timeout(t.as_std(), attempts).await {
-            Ok(r) => r?,
-            Err(_) => {
-                flags.push(Flag::UpstreamRequestTimeout);
-                return Err(Failure::Timeout.reply());
+        let endpoint = cluster.endpoints[idx].clone();
+        let active = endpoint.start_request();
+        let req = upstream_request(parts, replay.attempt(), &endpoint, http2);
+        let try_deadline = policy.per_try_timeout.map(|t| Instant::now() + t.as_std());
+        let sent = send(cluster, &endpoint, req, http2);
+        let result = match within(earliest(route_deadline, try_deadline), sent).await {
+            Some(result) => result,
+            None if passed(route_deadline) => return Err(route_timeout(flags)),
+            None => Err(Failure::Timeout),
+        };
+        let attempt = match result {
+            Ok(resp) => Attempt::Response(resp),
+            Err(f) => Attempt::Failed(f),
+        };
+        if let Some(o) = outcome(&attempt) {
+            cluster.report(idx, o);
+        }
+        let wants_retry = retriable(&policy.on, &attempt);
+        let may_retry = wants_retry && retries < policy.attempts && replay.can_replay();
+        let retry_permit = if may_retry {
+            cluster.try_start_retry()
+        } else {
+            None
+        };
+        let Some(retry_permit) = retry_permit else {
+            if wants_retry && retries > 0 {
+                flags.push(Flag::UpstreamRetryLimitExceeded);
             }
-        },
-        None => attempts.await?,
+            match attempt {
+                Attempt::Response(resp) => break (resp, active),
+                Attempt::Failed(f) => {
+                    flags.push(f.flag());
+                    return Err(f.reply());
+                }
+            }
+        };
+        _retry_permit = Some(retry_permit);
+        retries += 1;
+        drop(attempt);
+        drop(active);
+        tracing::debug!(cluster = %cluster.spec.name, retries, "retrying");
+        let wait = Instant::now() + backoff(policy.backoff_base.as_std(), retries);
+        let wait = earliest(route_deadline, Some(wait)).unwrap_or(wait);
+        tokio::time::sleep_until(wait).await;
+        if passed(route_deadline) {
+            return Err(route_timeout(flags));
+        }
     };
     let (parts, incoming) = resp.into_parts();
     // The request stays active (for balancing and limits) until its response has streamed.
@@ -351,13 +387,24 @@ pub async fn forward(
     Ok(Response::from_parts(parts, body))
 }
 
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
 fn upstream_request(
     parts: &Parts,
-    body: super::replay::ReplayBody,
+    body: Body,
     endpoint: &EndpointState,
     http2: bool,
 ) -> Request<Body> {
-    let mut req = Request::new(body::boxed(body));
+    let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
     if http2 {

@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::header::{HeaderValue, SET_COOKIE};
@@ -20,7 +19,6 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -78,10 +76,10 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes)
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-    let service = TowerToHyperService::new(ProxyService {
+    let service = ProxyService {
         shared: shared.clone(),
         conn: Arc::new(conn),
-    });
+    };
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(served);
     tokio::select! {
@@ -98,28 +96,21 @@ where
     }
 }
 
-/// The proxy as a tower service over one downstream connection.
-#[derive(Clone)]
+/// The proxy as hyper's service over one downstream connection. hyper's own trait rather
+/// than tower's: the tower adapter clones the service and wraps the request's future in two
+/// more layers for every request, and that future (several KiB) is copied at each.
 pub struct ProxyService {
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
 }
 
-impl tower::Service<Request<Incoming>> for ProxyService {
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        let conn = self.conn.clone();
-        // No wrapping `async` block: it would keep its own copy of the request beside the one
-        // in `handle`, and a future is copied whole each time it moves.
-        Box::pin(futures::FutureExt::map(handle(shared, conn, req), Ok))
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        Box::pin(handle(self.shared.clone(), self.conn.clone(), req))
     }
 }
 
@@ -138,7 +129,7 @@ fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> impl Future<Output = Response<Body>> + Send {
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
     let start = Instant::now();
     let grpc = flags::is_grpc(req.headers());
     let http2 = req.version() == http::Version::HTTP_2;
@@ -191,14 +182,14 @@ fn handle(
             response_flags: &flags,
             grpc_response_status: resp
                 .headers()
-                .get("grpc-status")
+                .get(crate::flags::GRPC_STATUS)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
         };
         shared
             .metrics
             .observe_request(&key, start.elapsed().as_secs_f64() * 1000.0);
-        resp
+        Ok(resp)
     }
 }
 

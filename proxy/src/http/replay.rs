@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::body::{Body, BoxError};
+use crate::body::{self, Body, BoxError};
 
 struct State {
     source: Option<Body>,
@@ -29,9 +29,10 @@ struct State {
     current: u64,
 }
 
-#[derive(Clone)]
 pub struct Replay {
-    state: Arc<Mutex<State>>,
+    /// None for a request without a body (most of them): every attempt sends the same
+    /// nothing, with no shared state to allocate and lock.
+    state: Option<Arc<Mutex<State>>>,
     limit: usize,
     hint: SizeHint,
 }
@@ -39,48 +40,51 @@ pub struct Replay {
 impl Replay {
     pub fn new(body: Body, limit: usize) -> Self {
         let hint = body.size_hint();
-        let ended = body.is_end_stream();
-        Self {
-            state: Arc::new(Mutex::new(State {
-                source: (!ended).then_some(body),
+        let state = (!body.is_end_stream()).then(|| {
+            Arc::new(Mutex::new(State {
+                source: Some(body),
                 buffered: Vec::new(),
                 size: 0,
                 trailers: None,
-                ended,
+                ended: false,
                 overflowed: false,
                 failed: false,
                 current: 0,
-            })),
-            limit,
-            hint,
-        }
+            }))
+        });
+        Self { state, limit, hint }
     }
 
     /// A body for the next attempt, replaying from the start.
-    pub fn attempt(&self) -> ReplayBody {
-        let id = match self.state.lock() {
+    pub fn attempt(&self) -> Body {
+        let Some(state) = &self.state else {
+            return body::empty();
+        };
+        let id = match state.lock() {
             Ok(mut s) => {
                 s.current += 1;
                 s.current
             }
             Err(_) => 0,
         };
-        ReplayBody {
-            state: self.state.clone(),
+        body::boxed(ReplayBody {
+            state: state.clone(),
             id,
             pos: 0,
             trailers_sent: false,
             limit: self.limit,
             hint: self.hint,
-        }
+        })
     }
 
     /// Whether another attempt would send the same body.
     pub fn can_replay(&self) -> bool {
-        self.state
-            .lock()
-            .map(|s| !s.overflowed && !s.failed)
-            .unwrap_or(false)
+        self.state.as_ref().is_none_or(|state| {
+            state
+                .lock()
+                .map(|s| !s.overflowed && !s.failed)
+                .unwrap_or(false)
+        })
     }
 }
 
