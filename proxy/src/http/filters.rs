@@ -22,8 +22,8 @@ const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
 
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the few names present notes which hop-by-hop ones occur; only those are
-    // then removed, each removal hashing its name (a response nearly always carries
-    // `connection: keep-alive`, a request rarely any).
+    // then removed, each removal hashing its name. A response nearly always carries
+    // `connection: keep-alive` and nothing else of the kind, a request rarely any.
     let mut present = [false; HOP_BY_HOP_COUNT];
     let mut te = false;
     for name in headers.keys() {
@@ -33,9 +33,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             present[i] = true;
         }
     }
-    if present[0] {
+    let plain = |v: &HeaderValue| {
+        v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+            || v.as_bytes().eq_ignore_ascii_case(b"close")
+    };
+    if present[0] && !headers.get_all(header::CONNECTION).iter().all(plain) {
         // Headers listed in `Connection` are hop-by-hop too. Tokens naming a header removed
-        // anyway, or `close`, are skipped: the usual `keep-alive` then costs no lookup.
+        // anyway, or `close`, are skipped.
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()

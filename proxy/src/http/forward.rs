@@ -322,57 +322,57 @@ pub async fn forward(
     let mut retries = 0u32;
     let mut _retry_permit: Option<RetryPermit> = None;
     let (resp, active) = loop {
-        let exclude: &[usize] = if policy.ignore_previous_hosts {
-            &tried
-        } else {
-            &[]
-        };
-        let idx = cluster.choose(ctx.hash, exclude).map_err(|flag| {
-            LocalError::new(StatusCode::SERVICE_UNAVAILABLE, flag, "no healthy upstream")
-        })?;
-        if policy.ignore_previous_hosts {
-            tried.push(idx);
-        }
-        let endpoint = cluster.endpoints[idx].clone();
-        let active = endpoint.start_request();
-        let req = upstream_request(parts, replay.attempt(), &endpoint, http2);
-        let try_deadline = policy.per_try_timeout.map(|t| Instant::now() + t.as_std());
-        let sent = send(cluster, &endpoint, req, http2);
-        let result = match within(earliest(route_deadline, try_deadline), sent).await {
-            Some(result) => result,
-            None if passed(route_deadline) => return Err(route_timeout(flags)),
-            None => Err(Failure::Timeout),
-        };
-        let attempt = match result {
-            Ok(resp) => Attempt::Response(resp),
-            Err(f) => Attempt::Failed(f),
-        };
-        if let Some(o) = outcome(&attempt) {
-            cluster.report(idx, o);
-        }
-        let wants_retry = retriable(&policy.on, &attempt);
-        let may_retry = wants_retry && retries < policy.attempts && replay.can_replay();
-        let retry_permit = if may_retry {
-            cluster.try_start_retry()
-        } else {
-            None
-        };
-        let Some(retry_permit) = retry_permit else {
-            if wants_retry && retries > 0 {
-                flags.push(Flag::UpstreamRetryLimitExceeded);
+        // One attempt in a block of its own: what it holds is dead by the backoff's await, so
+        // the request's state keeps no room for it there.
+        let retry_permit = {
+            let exclude: &[usize] = if policy.ignore_previous_hosts {
+                &tried
+            } else {
+                &[]
+            };
+            let idx = cluster.choose(ctx.hash, exclude).map_err(|flag| {
+                LocalError::new(StatusCode::SERVICE_UNAVAILABLE, flag, "no healthy upstream")
+            })?;
+            if policy.ignore_previous_hosts {
+                tried.push(idx);
             }
-            match attempt {
-                Attempt::Response(resp) => break (resp, active),
-                Attempt::Failed(f) => {
-                    flags.push(f.flag());
-                    return Err(f.reply());
+            let endpoint = cluster.endpoints[idx].clone();
+            let active = endpoint.start_request();
+            let req = upstream_request(parts, replay.attempt(), &endpoint, http2);
+            let try_deadline = policy.per_try_timeout.map(|t| Instant::now() + t.as_std());
+            let sent = send(cluster, &endpoint, req, http2);
+            let attempt = match within(earliest(route_deadline, try_deadline), sent).await {
+                Some(Ok(resp)) => Attempt::Response(resp),
+                Some(Err(f)) => Attempt::Failed(f),
+                None if passed(route_deadline) => return Err(route_timeout(flags)),
+                None => Attempt::Failed(Failure::Timeout),
+            };
+            if let Some(o) = outcome(&attempt) {
+                cluster.report(idx, o);
+            }
+            let wants_retry = retriable(&policy.on, &attempt);
+            let may_retry = wants_retry && retries < policy.attempts && replay.can_replay();
+            let retry_permit = if may_retry {
+                cluster.try_start_retry()
+            } else {
+                None
+            };
+            let Some(retry_permit) = retry_permit else {
+                if wants_retry && retries > 0 {
+                    flags.push(Flag::UpstreamRetryLimitExceeded);
                 }
-            }
+                match attempt {
+                    Attempt::Response(resp) => break (resp, active),
+                    Attempt::Failed(f) => {
+                        flags.push(f.flag());
+                        return Err(f.reply());
+                    }
+                }
+            };
+            retry_permit
         };
         _retry_permit = Some(retry_permit);
         retries += 1;
-        drop(attempt);
-        drop(active);
         tracing::debug!(cluster = %cluster.spec.name, retries, "retrying");
         let wait = Instant::now() + backoff(policy.backoff_base.as_std(), retries);
         let wait = earliest(route_deadline, Some(wait)).unwrap_or(wait);

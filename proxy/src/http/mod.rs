@@ -211,36 +211,41 @@ fn proxy<'r>(
         let (table_key, table) = route::table(rt, conn, &parts).ok_or_else(no_route)?;
         log.destination_service = &table.host;
         let port = conn.original_dst.map_or(table.port, |d| d.port());
-        let view = route::view(&parts, port);
-        let (route_idx, route, matched) = route::select(table, &view).ok_or_else(no_route)?;
-        log.route = &route.name;
+        // The request view borrows the head only for route and rate-limit matching; scoped so
+        // the request's state keeps no room for it across the awaits below.
+        let (route_idx, route, matched, limit_headers) = {
+            let view = route::view(&parts, port);
+            let (route_idx, route, matched) = route::select(table, &view).ok_or_else(no_route)?;
+            log.route = &route.name;
 
-        if let Some(cors) = &route.cors
-            && let Some(resp) = filters::cors_preflight(cors, &parts)
-        {
-            return Ok(resp);
-        }
+            if let Some(cors) = &route.cors
+                && let Some(resp) = filters::cors_preflight(cors, &parts)
+            {
+                return Ok(resp);
+            }
 
-        let mut limit_headers = HeaderMap::new();
-        for limit in table.rate_limits.iter().chain(route.rate_limits.iter()) {
-            if !limit.matches.is_empty() && !limit.matches.iter().any(|m| m.matches(&view)) {
-                continue;
+            let mut limit_headers = HeaderMap::new();
+            for limit in table.rate_limits.iter().chain(route.rate_limits.iter()) {
+                if !limit.matches.is_empty() && !limit.matches.iter().any(|m| m.matches(&view)) {
+                    continue;
+                }
+                let Some(bucket) = rt.bucket(&limit.name) else {
+                    continue;
+                };
+                let decision = bucket.take();
+                decision.set_headers(&mut limit_headers);
+                if !decision.allowed {
+                    let mut e = LocalError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        Flag::RateLimited,
+                        "local rate limit exceeded",
+                    );
+                    e.headers = limit_headers;
+                    return Err(e);
+                }
             }
-            let Some(bucket) = rt.bucket(&limit.name) else {
-                continue;
-            };
-            let decision = bucket.take();
-            decision.set_headers(&mut limit_headers);
-            if !decision.allowed {
-                let mut e = LocalError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Flag::RateLimited,
-                    "local rate limit exceeded",
-                );
-                e.headers = limit_headers;
-                return Err(e);
-            }
-        }
+            (route_idx, route, matched, limit_headers)
+        };
 
         if let Some(fault) = &route.fault {
             if let Some(d) = &fault.delay
