@@ -57,10 +57,27 @@ struct Args {
     /// Where configs and logs go (default: a temporary directory, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Instruction counter (Debian: apt-get install valgrind): one Trellis and one HAProxy,
+    /// each run under callgrind, count the instructions they execute per request. Unlike
+    /// time, the count does not drift with a shared machine's speed.
+    #[arg(long, default_value = "valgrind")]
+    valgrind: PathBuf,
+    /// Requests counted per protocol under callgrind (after as many again to warm up).
+    #[arg(long, default_value_t = 4000)]
+    counted_requests: u64,
 }
 
 fn wait_port(port: u16, procs: &mut Processes, log: &Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    wait_port_for(port, procs, log, Duration::from_secs(20))
+}
+
+fn wait_port_for(
+    port: u16,
+    procs: &mut Processes,
+    log: &Path,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         for c in &mut procs.0 {
             if let Ok(Some(st)) = c.try_wait() {
@@ -68,7 +85,11 @@ fn wait_port(port: u16, procs: &mut Processes, log: &Path) -> anyhow::Result<()>
             }
         }
         if Instant::now() > deadline {
-            bail!("nothing listens on {port} after 20s; see {}", log.display());
+            bail!(
+                "nothing listens on {port} after {} s; see {}",
+                limit.as_secs(),
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -132,14 +153,15 @@ http {{
 
 /// One `trellis proxy`: `upstream` is `Some((bind, endpoint))` for a client-side upstream
 /// listener, `inbound` is `Some((bind, workload))` for a server-side inbound listener.
-fn start_trellis(
-    bin: &Path,
+/// Writes a Trellis proxy config: with `upstream = Some((bind, endpoint))` an outbound
+/// listener, with `inbound = Some((bind, workload))` a server-side inbound listener. Returns
+/// the config's path and the port clients connect to.
+fn trellis_config(
     dir: &Path,
     name: &str,
     upstream: Option<(u16, u16)>,
     inbound: Option<(u16, u16)>,
-    procs: &mut Processes,
-) -> anyhow::Result<u16> {
+) -> anyhow::Result<(PathBuf, u16)> {
     let admin = free_port()?;
     let mut yaml = format!(
         "node: {{name: {name}, namespace: default}}\ndrainTimeout: 1s\nlisteners:\n  admin: {{bind: \"127.0.0.1:{admin}\"}}\n"
@@ -163,6 +185,19 @@ fn start_trellis(
     yaml += &services;
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml)?;
+    Ok((path, port))
+}
+
+/// One `trellis proxy` process; see `trellis_config`.
+fn start_trellis(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    upstream: Option<(u16, u16)>,
+    inbound: Option<(u16, u16)>,
+    procs: &mut Processes,
+) -> anyhow::Result<u16> {
+    let (path, port) = trellis_config(dir, name, upstream, inbound)?;
     let log = dir.join(format!("{name}.log"));
     procs.0.push(spawn(
         bin,
@@ -177,15 +212,8 @@ fn start_trellis(
     Ok(port)
 }
 
-/// One `haproxy` process: an HTTP frontend on `bind` with keep-alive to `to`.
-fn start_haproxy(
-    bin: &Path,
-    dir: &Path,
-    name: &str,
-    bind: u16,
-    to: u16,
-    procs: &mut Processes,
-) -> anyhow::Result<()> {
+/// Writes an HAProxy config: an HTTP frontend on `bind` with keep-alive to `to`.
+fn haproxy_config(dir: &Path, name: &str, bind: u16, to: u16) -> anyhow::Result<PathBuf> {
     let cfg = format!(
         "global
     maxconn 4096
@@ -206,6 +234,19 @@ backend be
     );
     let path = dir.join(format!("{name}.cfg"));
     std::fs::write(&path, cfg)?;
+    Ok(path)
+}
+
+/// One `haproxy` process; see `haproxy_config`.
+fn start_haproxy(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    bind: u16,
+    to: u16,
+    procs: &mut Processes,
+) -> anyhow::Result<()> {
+    let path = haproxy_config(dir, name, bind, to)?;
     let log = dir.join(format!("{name}.log"));
     procs.0.push(spawn(
         bin,
@@ -814,9 +855,168 @@ fn main() -> anyhow::Result<()> {
         });
     }
     let results = measure_all(&args, &chains, tick)?;
+    drop(chains);
+    let counted = if h2 {
+        count_instructions(&args, &trellis, &dir, nginx_port)?
+    } else {
+        Vec::new()
+    };
 
     print_tables(&args, &results);
+    print_instructions(&args, &counted);
     Ok(())
+}
+
+/// Instructions one proxy process executes per request, by protocol.
+struct Counted {
+    name: &'static str,
+    http1: f64,
+    http2: f64,
+}
+
+/// Starts one Trellis and one HAProxy in front of nginx under callgrind and counts, for
+/// HTTP/1.1 and HTTP/2 clients, the instructions each executes per request: the counters are
+/// zeroed after a warm-up, `counted_requests` are sent with h2load, and the total is read
+/// from the dump callgrind writes on request.
+fn count_instructions(
+    args: &Args,
+    trellis: &Path,
+    dir: &Path,
+    nginx_port: u16,
+) -> anyhow::Result<Vec<Counted>> {
+    let found = Command::new(&args.valgrind)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!(
+            "{} not found (apt-get install valgrind): no instruction count",
+            args.valgrind.display()
+        );
+        return Ok(Vec::new());
+    }
+    let callgrind_control = args.valgrind.with_file_name("callgrind_control");
+    let mut counted = Vec::new();
+    for name in ["trellis x1", "haproxy x1"] {
+        let port = free_port()?;
+        let out = dir.join(format!("callgrind-{}", name.replace(' ', "-")));
+        std::fs::create_dir_all(&out)?;
+        let mut cmd: Vec<String> = vec![
+            "--tool=callgrind".into(),
+            format!("--callgrind-out-file={}/callgrind.out", out.display()),
+            "--dump-instr=no".into(),
+            "--collect-jumps=no".into(),
+        ];
+        if name.starts_with("trellis") {
+            let (path, _) = trellis_config(dir, "counted-trellis", Some((port, nginx_port)), None)?;
+            cmd.extend([
+                trellis.display().to_string(),
+                "proxy".into(),
+                "--config".into(),
+                path.display().to_string(),
+            ]);
+        } else {
+            let path = haproxy_config(dir, "counted-haproxy", port, nginx_port)?;
+            cmd.extend([
+                args.haproxy.display().to_string(),
+                "-f".into(),
+                path.display().to_string(),
+                "-db".into(),
+            ]);
+        }
+        let log = out.join("valgrind.log");
+        let mut procs = Processes(vec![spawn(&args.valgrind, &cmd, &log)?]);
+        wait_port_for(port, &mut procs, &log, Duration::from_secs(120))?;
+        let pid = procs.pids()[0].to_string();
+        let mut per = [0.0; 2];
+        for (i, http1) in [true, false].into_iter().enumerate() {
+            run_h2load_count(args, port, http1, args.counted_requests)?;
+            control(&callgrind_control, "-z", &pid)?;
+            run_h2load_count(args, port, http1, args.counted_requests)?;
+            let before = dumps(&out)?;
+            control(&callgrind_control, "-d", &pid)?;
+            let dump = dumps(&out)?
+                .into_iter()
+                .find(|d| !before.contains(d))
+                .context("callgrind wrote no dump")?;
+            per[i] = total_instructions(&dump)? as f64 / args.counted_requests as f64;
+        }
+        counted.push(Counted {
+            name,
+            http1: per[0],
+            http2: per[1],
+        });
+    }
+    Ok(counted)
+}
+
+fn control(callgrind_control: &Path, what: &str, pid: &str) -> anyhow::Result<()> {
+    let st = Command::new(callgrind_control)
+        .args([what, pid])
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", callgrind_control.display()))?;
+    if !st.success() {
+        bail!("{} {what} {pid} failed", callgrind_control.display());
+    }
+    Ok(())
+}
+
+fn dumps(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("callgrind.out."))
+        })
+        .collect())
+}
+
+/// The `summary:` (or `totals:`) line of a callgrind dump: instructions executed.
+fn total_instructions(dump: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(dump)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:").or(l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no instruction total in {}", dump.display()))
+}
+
+/// `n` requests with h2load over 4 connections of 4 streams (HTTP/1.1: 4 in flight).
+fn run_h2load_count(args: &Args, port: u16, http1: bool, n: u64) -> anyhow::Result<()> {
+    let mut cmd = Command::new(&args.h2load);
+    if http1 {
+        cmd.arg("--h1");
+    }
+    let out = cmd
+        .args(["-n", &n.to_string(), "-c", "4", "-m", "4"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", args.h2load.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let done = format!("{n} succeeded");
+    if !out.status.success() || !text.contains(&done) {
+        bail!("h2load under callgrind did not get {n} answers: {text}");
+    }
+    Ok(())
+}
+
+fn print_instructions(args: &Args, counted: &[Counted]) {
+    if counted.is_empty() {
+        return;
+    }
+    println!(
+        "\n### Instructions per request (callgrind, one proxy, {} requests per protocol after as many to warm up; user space incl. libc)\n",
+        args.counted_requests
+    );
+    println!("| proxy      | HTTP/1.1 client | HTTP/2 client |");
+    println!("|------------|-----------------|---------------|");
+    for c in counted {
+        println!("| {:<10} | {:>15.0} | {:>13.0} |", c.name, c.http1, c.http2);
+    }
 }
 
 fn print_tables(args: &Args, results: &[ChainResult]) {
