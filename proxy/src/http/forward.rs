@@ -333,9 +333,6 @@ pub async fn forward(
             let idx = cluster.choose(ctx.hash, exclude).map_err(|flag| {
                 LocalError::new(StatusCode::SERVICE_UNAVAILABLE, flag, "no healthy upstream")
             })?;
-            if policy.ignore_previous_hosts {
-                tried.push(idx);
-            }
             let endpoint = cluster.endpoints[idx].clone();
             let active = endpoint.start_request();
             let req = upstream_request(parts, replay.attempt(), &endpoint, http2);
@@ -369,6 +366,11 @@ pub async fn forward(
                     }
                 }
             };
+            // Only a retry reads the endpoints tried: a request answered at once allocates
+            // no list.
+            if policy.ignore_previous_hosts {
+                tried.push(idx);
+            }
             retry_permit
         };
         _retry_permit = Some(retry_permit);
@@ -398,6 +400,9 @@ fn passed(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
+/// Headers a usual response carries, at most (server, date, type, length, caching, cookies…).
+const RESPONSE_HEADERS: usize = 12;
+
 fn upstream_request(
     parts: &Parts,
     body: Body,
@@ -406,7 +411,12 @@ fn upstream_request(
 ) -> Request<Body> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.headers_mut() = parts.headers.clone();
+    // hyper parses the upstream's response into this map once the request is written (it
+    // keeps each sent message's emptied map); a clone has room for the request's headers
+    // only, so the response's would reallocate it.
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len().max(RESPONSE_HEADERS));
+    headers.extend(parts.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    *req.headers_mut() = headers;
     if http2 {
         *req.uri_mut() = upstream_uri(parts, endpoint);
         *req.version_mut() = Version::HTTP_2;
