@@ -747,16 +747,7 @@ fn main() -> anyhow::Result<()> {
         version(&args.oha, "--version")
     );
 
-    let h2 = Command::new(&args.h2load)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !h2 {
-        eprintln!(
-            "{} not found (apt-get install nghttp2-client): no HTTP/2 table",
-            args.h2load.display()
-        );
-    }
+    let h2 = available(&args.h2load, "nghttp2-client", "no HTTP/2 table");
     let nginx_port = free_port()?;
     let nginx_h2_port = free_port()?;
     let _nginx = start_nginx(&args.nginx, &dir, nginx_port, nginx_h2_port)?;
@@ -867,6 +858,21 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `bin --version` runs; if not, says which Debian package has it and what is skipped.
+fn available(bin: &Path, package: &str, skipped: &str) -> bool {
+    let found = Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!(
+            "{} not found (apt-get install {package}): {skipped}",
+            bin.display()
+        );
+    }
+    found
+}
+
 /// Instructions one proxy process executes per request, by protocol.
 struct Counted {
     name: &'static str,
@@ -884,15 +890,7 @@ fn count_instructions(
     dir: &Path,
     nginx_port: u16,
 ) -> anyhow::Result<Vec<Counted>> {
-    let found = Command::new(&args.valgrind)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!(
-            "{} not found (apt-get install valgrind): no instruction count",
-            args.valgrind.display()
-        );
+    if !available(&args.valgrind, "valgrind", "no instruction count") {
         return Ok(Vec::new());
     }
     let callgrind_control = args.valgrind.with_file_name("callgrind_control");
