@@ -2,11 +2,12 @@
 //! buckets, weighted-route schedules. Built from a snapshot and the previous runtime, so a
 //! swap keeps endpoint health, pooled connections and bucket levels of what did not change.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 // Looked up on every request by keys from the proxy's own config, which need no defence
 // against flooding: foldhash, not SipHash (3 % of the instructions of a request).
 use foldhash::{HashMap, HashMapExt};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::cluster::ClusterRuntime;
 use crate::config::{RateLimit, Snapshot, WeightedCluster};

@@ -6,15 +6,15 @@
 //! against a connect; at a proxy's request rates that was a tenth of its CPU. A connection here
 //! is driven by its own task as before; a request only pops, sends and pushes.
 
-// Looked up on every request by keys from the proxy's own config, which need no defence
-// against flooding: foldhash, not SipHash (3 % of the instructions of a request).
-use foldhash::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+// Looked up on every request by keys from the proxy's own config, which need no defence
+// against flooding: foldhash, not SipHash (3 % of the instructions of a request).
+use foldhash::HashMap;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};

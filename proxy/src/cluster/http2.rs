@@ -2,12 +2,12 @@
 //! shared by every request to it, replaced when it closes or has served
 //! `maxRequestsPerConnection` streams, closed once idle for the idle timeout.
 
-// Looked up on every request by keys from the proxy's own config, which need no defence
-// against flooding: foldhash, not SipHash (3 % of the instructions of a request).
-use foldhash::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+// Looked up on every request by keys from the proxy's own config, which need no defence
+// against flooding: foldhash, not SipHash (3 % of the instructions of a request).
+use foldhash::HashMap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
