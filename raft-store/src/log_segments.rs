@@ -630,14 +630,27 @@ mod tests {
         names
     }
 
-    #[test]
-    fn entries_survive_a_reopen_across_segments_and_purging_frees_whole_segments() {
+    /// A log in 4 KiB segments holding `indexes`, each written by its own append of 300 bytes.
+    fn written_one_by_one(indexes: std::ops::Range<u64>) -> (tempfile::TempDir, PathBuf, Segments) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft-log");
         let mut log = Segments::open_sized(&path, None, 4096).unwrap();
-        for i in 0..40 {
+        for i in indexes {
             write(&mut log, i..i + 1, 300);
         }
+        (dir, path, log)
+    }
+
+    fn open_error(path: &Path) -> String {
+        Segments::open_sized(path, None, 4096)
+            .err()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_across_segments_and_purging_frees_whole_segments() {
+        let (_dir, path, log) = written_one_by_one(0..40);
         let files = segment_files(&path);
         assert!(files.len() >= 3, "{files:?}");
         drop(log);
@@ -752,12 +765,7 @@ mod tests {
 
     #[test]
     fn damage_and_gaps_are_refused_with_the_file_named_and_nothing_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft-log");
-        let mut log = Segments::open_sized(&path, None, 4096).unwrap();
-        for i in 1..40 {
-            write(&mut log, i..i + 1, 300);
-        }
+        let (_dir, path, log) = written_one_by_one(1..40);
         drop(log);
         let files = segment_files(&path);
         // One bit of the first record flipped, in the oldest segment and then in the
@@ -769,10 +777,7 @@ mod tests {
             let mut flipped = before.clone();
             flipped[HEADER + 5] ^= 0xff;
             std::fs::write(&segment, &flipped).unwrap();
-            let err = Segments::open_sized(&path, None, 4096)
-                .err()
-                .unwrap()
-                .to_string();
+            let err = open_error(&path);
             assert!(
                 err.contains(name.as_str()) && err.contains("checksum") && err.contains(place),
                 "{err}"
@@ -782,18 +787,12 @@ mod tests {
         }
 
         std::fs::remove_file(path.join(&files[1])).unwrap();
-        let err = Segments::open_sized(&path, None, 4096)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = open_error(&path);
         assert!(err.contains("entries are missing"), "{err}");
         assert_eq!(segment_files(&path).len(), files.len() - 1);
 
         std::fs::write(path.join("notes.seg"), b"x").unwrap();
-        let err = Segments::open_sized(&path, None, 4096)
-            .err()
-            .unwrap()
-            .to_string();
+        let err = open_error(&path);
         assert!(err.contains("notes.seg"), "{err}");
     }
 }
