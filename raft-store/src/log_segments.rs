@@ -630,11 +630,17 @@ mod tests {
         names
     }
 
-    /// A log in 4 KiB segments holding `indexes`, each written by its own append of 300 bytes.
-    fn written_one_by_one(indexes: std::ops::Range<u64>) -> (tempfile::TempDir, PathBuf, Segments) {
+    /// A new log in segments of `segment_size` bytes, in a temporary directory.
+    fn empty_log(segment_size: u64) -> (tempfile::TempDir, PathBuf, Segments) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft-log");
-        let mut log = Segments::open_sized(&path, None, 4096).unwrap();
+        let log = Segments::open_sized(&path, None, segment_size).unwrap();
+        (dir, path, log)
+    }
+
+    /// A log in 4 KiB segments holding `indexes`, each written by its own append of 300 bytes.
+    fn written_one_by_one(indexes: std::ops::Range<u64>) -> (tempfile::TempDir, PathBuf, Segments) {
+        let (dir, path, mut log) = empty_log(4096);
         for i in indexes {
             write(&mut log, i..i + 1, 300);
         }
@@ -684,9 +690,7 @@ mod tests {
 
     #[test]
     fn a_write_cut_short_by_a_crash_is_dropped_and_never_comes_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft-log");
-        let mut log = Segments::open_sized(&path, None, 1 << 16).unwrap();
+        let (_dir, path, mut log) = empty_log(1 << 16);
         write(&mut log, 1..6, 100);
         let segment = path.join(&segment_files(&path)[0]);
         let end = log.list[0].end as usize;
@@ -729,9 +733,7 @@ mod tests {
 
     #[test]
     fn truncated_entries_stay_gone_after_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft-log");
-        let mut log = Segments::open_sized(&path, None, 2048).unwrap();
+        let (_dir, path, mut log) = empty_log(2048);
         write(&mut log, 1..21, 200);
         log.truncate(8).unwrap();
         assert_eq!(indexes(&log), (1..8).collect::<Vec<_>>());
@@ -749,9 +751,7 @@ mod tests {
 
     #[test]
     fn after_purging_past_the_end_the_log_restarts_where_the_snapshot_left_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raft-log");
-        let mut log = Segments::open_sized(&path, None, 4096).unwrap();
+        let (_dir, path, mut log) = empty_log(4096);
         write(&mut log, 0..10, 100);
         let gone = log.purge(500);
         log.remove_files(&gone).unwrap();
