@@ -26,6 +26,8 @@ struct Idle {
     sender: SendRequest<Body>,
     since: Instant,
     served: u32,
+    /// The endpoint, made once per connection: shared, not copied, by each request on it.
+    authority: Arc<str>,
 }
 
 /// The idle HTTP/1.1 connections of one worker, keyed by the endpoint's `host:port`.
@@ -39,7 +41,7 @@ pub struct Http1Pool {
 
 #[derive(Default)]
 struct IdleLists {
-    by_authority: HashMap<String, Vec<Idle>>,
+    by_authority: HashMap<Arc<str>, Vec<Idle>>,
     /// Whether a task is closing connections idle past the timeout.
     reaping: bool,
 }
@@ -123,7 +125,7 @@ impl Http1Pool {
                 sender: Some(entry.sender),
                 served: entry.served,
                 reusable: true,
-                authority: authority.to_owned(),
+                authority: entry.authority,
                 pool: Arc::downgrade(self),
             });
         }
@@ -145,12 +147,12 @@ impl Http1Pool {
             sender: Some(sender),
             served: 0,
             reusable: true,
-            authority: authority.to_owned(),
+            authority: Arc::from(authority),
             pool: Arc::downgrade(self),
         })
     }
 
-    fn put_back(self: &Arc<Self>, authority: String, sender: SendRequest<Body>, served: u32) {
+    fn put_back(self: &Arc<Self>, authority: Arc<str>, sender: SendRequest<Body>, served: u32) {
         // By the time a response body has been read to its end, the connection's task (on
         // this same worker) has already asked for the next request, unless the request body
         // is still being sent: an upstream that answered early (a 401 to an upload). Such a
@@ -163,11 +165,19 @@ impl Http1Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.by_authority.entry(authority).or_default().push(Idle {
+        let entry = Idle {
             sender,
             since: Instant::now(),
             served,
-        });
+            authority,
+        };
+        match idle.by_authority.get_mut(&*entry.authority) {
+            Some(list) => list.push(entry),
+            None => {
+                idle.by_authority
+                    .insert(entry.authority.clone(), vec![entry]);
+            }
+        }
         if !idle.reaping
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
@@ -210,7 +220,7 @@ struct Lease {
     sender: Option<SendRequest<Body>>,
     served: u32,
     reusable: bool,
-    authority: String,
+    authority: Arc<str>,
     pool: Weak<Http1Pool>,
 }
 
@@ -221,7 +231,7 @@ impl Lease {
             return;
         }
         if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
-            pool.put_back(std::mem::take(&mut self.authority), sender, self.served);
+            pool.put_back(self.authority, sender, self.served);
         }
     }
 }
