@@ -248,20 +248,30 @@ pub fn direct_response(status: u16, body_text: Option<&str>) -> Response<Body> {
     resp
 }
 
-/// A fresh `x-request-id`: 128 random bits as 32 hex digits.
+/// A fresh `x-request-id` as Envoy makes it (and tools that read Istio's access logs and
+/// traces expect): a random (version 4) UUID in its hyphenated form.
 pub fn request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let id: u128 = rand::random();
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = HEX[((id >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let id = uuid::Builder::from_random_bytes(rand::random::<u128>().to_le_bytes()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_version_4_uuids() {
+        let a = request_id();
+        let b = request_id();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+            assert_eq!(parsed.get_version_num(), 4);
+            assert_eq!(id.to_str().unwrap(), parsed.hyphenated().to_string());
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs
