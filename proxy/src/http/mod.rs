@@ -18,7 +18,6 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -54,45 +53,63 @@ impl LocalError {
     }
 }
 
-/// Serves HTTP on one downstream connection until it closes, the drain asks it to finish,
-/// or the drain deadline cuts it.
-pub async fn serve<I>(io: I, conn: ConnInfo, shared: Arc<Shared>)
+/// Serves HTTP on one downstream connection, in the version its first bytes showed, until it
+/// closes, the drain asks it to finish, or the drain deadline cuts it.
+///
+/// hyper's own HTTP/1 and HTTP/2 servers rather than hyper-util's `auto` one, which tells the
+/// versions apart itself: the listener has peeked already, and the `auto` layer wrapped every
+/// read and every poll of the connection in one more state machine (3 % of a request).
+pub async fn serve<I>(io: I, http2: bool, conn: ConnInfo, shared: Arc<Shared>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = shared.runtime().snapshot.limits.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.as_std())
-        .max_buf_size((limits.max_header_bytes as usize).max(8192))
-        // A response's head and a small body go out in one buffer with one `write`, not as
-        // an iovec per piece: 6 % less CPU per request over HTTP/1.1 (bench/README.md).
-        .writev(false)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    let draining = shared.drain.draining();
     let service = ProxyService {
-        shared: shared.clone(),
+        shared,
         conn: Arc::new(conn),
     };
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let io = TokioIo::new(io);
+    if http2 {
+        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes)
+            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+            .serve_connection(io, service);
+        run(served, draining, |c| c.graceful_shutdown()).await;
+    } else {
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout.as_std())
+            .max_buf_size((limits.max_header_bytes as usize).max(8192))
+            // A response's head and a small body go out in one buffer with one `write`, not
+            // as an iovec per piece: 6 % less CPU per request over HTTP/1.1
+            // (bench/README.md).
+            .writev(false)
+            .keep_alive(true)
+            .serve_connection(io, service)
+            .with_upgrades();
+        run(served, draining, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// Drives a served connection; once a drain starts, it finishes in-flight requests and
+/// closes (idle keep-alive connections at once, HTTP/2 ones with GOAWAY).
+async fn run<C>(served: C, draining: crate::drain::Cancelled, graceful: impl FnOnce(Pin<&mut C>))
+where
+    C: Future<Output = hyper::Result<()>>,
+{
     tokio::pin!(served);
-    tokio::select! {
-        r = served.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "downstream connection ended with an error");
-            }
+    let ended = tokio::select! {
+        biased;
+        r = served.as_mut() => r,
+        _ = draining => {
+            graceful(served.as_mut());
+            served.await
         }
-        _ = shared.drain.draining() => {
-            // Finish in-flight requests, close idle keep-alive and HTTP/2 connections (GOAWAY).
-            served.as_mut().graceful_shutdown();
-            let _ = served.await;
-        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "downstream connection ended with an error");
     }
 }
 

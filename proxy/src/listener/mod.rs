@@ -223,6 +223,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, name: String, shared: A
         original_dst,
     };
     let detection = rt.snapshot.limits.detection_timeout.as_std();
+    let header_read = rt.snapshot.limits.header_read_timeout.as_std();
     match listener.kind {
         ListenerKind::Admin => admin::serve(stream, shared.clone(), false).await,
         ListenerKind::Prometheus => admin::serve(stream, shared.clone(), true).await,
@@ -236,13 +237,16 @@ async fn connection(stream: TcpStream, peer: SocketAddr, name: String, shared: A
                 return;
             };
             let detected = match protocol {
-                Protocol::Http | Protocol::Http2 | Protocol::Grpc => Detected::Http1,
+                Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
+                    detect::http_version(&stream, header_read).await
+                }
                 Protocol::Tcp => Detected::Tcp,
                 Protocol::Tls => Detected::Tls,
                 Protocol::Auto => detect::sniff(&stream, detection).await,
             };
             match detected {
-                Detected::Http1 | Detected::Http2 => http::serve(stream, conn, shared).await,
+                Detected::Http1 => http::serve(stream, false, conn, shared).await,
+                Detected::Http2 => http::serve(stream, true, conn, shared).await,
                 Detected::Tls => {
                     let name = sni::peek_sni(&stream, detection).await;
                     let target = Target::Routes {
@@ -267,12 +271,15 @@ async fn connection(stream: TcpStream, peer: SocketAddr, name: String, shared: A
             cluster, protocol, ..
         } => {
             let detected = match protocol {
-                Protocol::Http | Protocol::Http2 | Protocol::Grpc => Detected::Http1,
+                Protocol::Http | Protocol::Http2 | Protocol::Grpc => {
+                    detect::http_version(&stream, header_read).await
+                }
                 Protocol::Tcp | Protocol::Tls => Detected::Tcp,
                 Protocol::Auto => detect::sniff(&stream, detection).await,
             };
             match detected {
-                Detected::Http1 | Detected::Http2 => http::serve(stream, conn, shared).await,
+                Detected::Http1 => http::serve(stream, false, conn, shared).await,
+                Detected::Http2 => http::serve(stream, true, conn, shared).await,
                 // Without mTLS termination yet, TLS to the workload passes through as TCP.
                 Detected::Tls | Detected::Tcp => {
                     let cluster = conn
@@ -294,7 +301,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, name: String, shared: A
                     .and_then(|host| rt.snapshot.route_table(host, d.port()))
             });
             match detected {
-                Detected::Http1 | Detected::Http2 => http::serve(stream, conn, shared).await,
+                Detected::Http1 => http::serve(stream, false, conn, shared).await,
+                Detected::Http2 => http::serve(stream, true, conn, shared).await,
                 Detected::Tls => {
                     let name = sni::peek_sni(&stream, detection).await;
                     let port = conn.original_dst.map(|d| d.port()).unwrap_or(443);
