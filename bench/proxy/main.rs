@@ -62,7 +62,7 @@ struct Args {
     /// time, the count does not drift with a shared machine's speed.
     #[arg(long, default_value = "valgrind")]
     valgrind: PathBuf,
-    /// Requests counted per protocol under callgrind (after as many again to warm up).
+    /// Requests counted per load under callgrind (after as many again to warm up).
     #[arg(long, default_value_t = 4000)]
     counted_requests: u64,
 }
@@ -873,17 +873,48 @@ fn available(bin: &Path, package: &str, skipped: &str) -> bool {
     found
 }
 
-/// Instructions one proxy process executes per request, by protocol.
-struct Counted {
-    name: &'static str,
-    http1: f64,
-    http2: f64,
+/// How the counted requests are sent: HTTP/1.1 or HTTP/2, connections, requests in flight
+/// on each (HTTP/1.1: pipelined).
+struct CountedLoad {
+    label: &'static str,
+    http1: bool,
+    connections: u32,
+    in_flight: u32,
 }
 
-/// Starts one Trellis and one HAProxy in front of nginx under callgrind and counts, for
-/// HTTP/1.1 and HTTP/2 clients, the instructions each executes per request: the counters are
-/// zeroed after a warm-up, `counted_requests` are sent with h2load, and the total is read
-/// from the dump callgrind writes on request.
+const COUNTED_LOADS: [CountedLoad; 3] = [
+    // As wrk's closed loop sends: one request at a time on each connection, so every request
+    // is a round of wake-ups of its own.
+    CountedLoad {
+        label: "HTTP/1.1, 1 in flight per conn",
+        http1: true,
+        connections: 8,
+        in_flight: 1,
+    },
+    CountedLoad {
+        label: "HTTP/1.1, 4 pipelined",
+        http1: true,
+        connections: 4,
+        in_flight: 4,
+    },
+    CountedLoad {
+        label: "HTTP/2, 4 streams",
+        http1: false,
+        connections: 4,
+        in_flight: 4,
+    },
+];
+
+/// Instructions one proxy process executes per request, by load (`COUNTED_LOADS`).
+struct Counted {
+    name: &'static str,
+    per_request: [f64; COUNTED_LOADS.len()],
+}
+
+/// Starts one Trellis and one HAProxy in front of nginx under callgrind and counts, for each
+/// of `COUNTED_LOADS`, the instructions each executes per request: the counters are zeroed
+/// after a warm-up, `counted_requests` are sent with h2load, and the total is read from the
+/// dump callgrind writes on request.
 fn count_instructions(
     args: &Args,
     trellis: &Path,
@@ -926,24 +957,20 @@ fn count_instructions(
         let mut procs = Processes(vec![spawn(&args.valgrind, &cmd, &log)?]);
         wait_port_for(port, &mut procs, &log, Duration::from_secs(120))?;
         let pid = procs.pids()[0].to_string();
-        let mut per = [0.0; 2];
-        for (i, http1) in [true, false].into_iter().enumerate() {
-            run_h2load_count(args, port, http1, args.counted_requests)?;
+        let mut per_request = [0.0; COUNTED_LOADS.len()];
+        for (i, load) in COUNTED_LOADS.iter().enumerate() {
+            run_h2load_count(args, port, load, args.counted_requests)?;
             control(&callgrind_control, "-z", &pid)?;
-            run_h2load_count(args, port, http1, args.counted_requests)?;
+            run_h2load_count(args, port, load, args.counted_requests)?;
             let before = dumps(&out)?;
             control(&callgrind_control, "-d", &pid)?;
             let dump = dumps(&out)?
                 .into_iter()
                 .find(|d| !before.contains(d))
                 .context("callgrind wrote no dump")?;
-            per[i] = total_instructions(&dump)? as f64 / args.counted_requests as f64;
+            per_request[i] = total_instructions(&dump)? as f64 / args.counted_requests as f64;
         }
-        counted.push(Counted {
-            name,
-            http1: per[0],
-            http2: per[1],
-        });
+        counted.push(Counted { name, per_request });
     }
     Ok(counted)
 }
@@ -982,14 +1009,16 @@ fn total_instructions(dump: &Path) -> anyhow::Result<u64> {
         .with_context(|| format!("no instruction total in {}", dump.display()))
 }
 
-/// `n` requests with h2load over 4 connections of 4 streams (HTTP/1.1: 4 in flight).
-fn run_h2load_count(args: &Args, port: u16, http1: bool, n: u64) -> anyhow::Result<()> {
+/// `n` requests with h2load, sent as `load` says.
+fn run_h2load_count(args: &Args, port: u16, load: &CountedLoad, n: u64) -> anyhow::Result<()> {
     let mut cmd = Command::new(&args.h2load);
-    if http1 {
+    if load.http1 {
         cmd.arg("--h1");
     }
     let out = cmd
-        .args(["-n", &n.to_string(), "-c", "4", "-m", "4"])
+        .args(["-n", &n.to_string()])
+        .args(["-c", &load.connections.to_string()])
+        .args(["-m", &load.in_flight.to_string()])
         .arg(format!("http://127.0.0.1:{port}/"))
         .stdin(Stdio::null())
         .output()
@@ -1007,13 +1036,22 @@ fn print_instructions(args: &Args, counted: &[Counted]) {
         return;
     }
     println!(
-        "\n### Instructions per request (callgrind, one proxy, {} requests per protocol after as many to warm up; user space incl. libc)\n",
+        "\n### Instructions per request (callgrind, one proxy, {} requests per load after as many to warm up; user space incl. libc)\n",
         args.counted_requests
     );
-    println!("| proxy      | HTTP/1.1 client | HTTP/2 client |");
-    println!("|------------|-----------------|---------------|");
+    let mut head = "| proxy      |".to_string();
+    let mut rule = "|------------|".to_string();
+    for load in &COUNTED_LOADS {
+        head += &format!(" {} |", load.label);
+        rule += &format!("{}|", "-".repeat(load.label.len() + 2));
+    }
+    println!("{head}\n{rule}");
     for c in counted {
-        println!("| {:<10} | {:>15.0} | {:>13.0} |", c.name, c.http1, c.http2);
+        let mut row = format!("| {:<10} |", c.name);
+        for (load, n) in COUNTED_LOADS.iter().zip(c.per_request) {
+            row += &format!(" {:>w$.0} |", n, w = load.label.len());
+        }
+        println!("{row}");
     }
 }
 
