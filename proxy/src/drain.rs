@@ -66,6 +66,7 @@ impl Drain {
         0
     }
 }
+
 pin_project_lite::pin_project! {
     /// Resolves once `token` is cancelled, like `token.cancelled_owned()`, but looks at the
     /// token only after the token has woken it. A connection's task waits on two of these
