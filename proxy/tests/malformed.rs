@@ -3,9 +3,14 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
+use http::Response;
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use trellis_proxy::{FileError, ProxyConfig, compile};
@@ -81,6 +86,67 @@ async fn slowloris_client_is_disconnected() {
         "{text:?}"
     );
     assert_eq!(up.hits(), 0);
+}
+
+/// The header read timeout counts from the start of each head on a connection. The first
+/// request here spends most of the timeout upstream; the client then pauses for half the
+/// timeout before its second request, which must still be served: its head has a timeout of
+/// its own, not what was left of the first one's. A third head that stalls is cut off.
+#[tokio::test]
+async fn header_read_timeout_starts_afresh_for_each_request() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let up = serve_http(Arc::new(move |_req| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            Response::new(Full::new(Bytes::from(format!("answer {n};"))))
+        })
+    }))
+    .await;
+    let proxy = start_proxy(&http_service(up.port(), "limits: {headerReadTimeout: 2s}")).await;
+    let mut s = TcpStream::connect(addr(&proxy, "up")).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n";
+    let mut seen = Vec::new();
+    for n in 0..2 {
+        if n == 1 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        s.write_all(request).await.unwrap();
+        let marker = format!("answer {n};");
+        within("the proxy's answer on the kept-alive connection", async {
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains(&marker) {
+                let read = s.read(&mut buf).await.unwrap();
+                assert!(
+                    read > 0,
+                    "connection closed before answer {n}: {:?}",
+                    String::from_utf8_lossy(&seen)
+                );
+                seen.extend_from_slice(&buf[..read]);
+            }
+        })
+        .await;
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // A third head that never ends is still cut off once its own timeout passes.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = within(
+        "the proxy to close a stalled third head",
+        s.read_to_end(&mut rest),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        read.is_err() || text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text:?}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
 /// An upstream that answers with a head promising 100 bytes, sends 10, and resets.

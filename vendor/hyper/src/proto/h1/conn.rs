@@ -6,7 +6,7 @@ use std::marker::{PhantomData, Unpin};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 #[cfg(feature = "server")]
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::rt::{Read, Write};
 use bytes::{Buf, Bytes};
@@ -65,6 +65,8 @@ where
                 h1_header_read_timeout_fut: None,
                 #[cfg(feature = "server")]
                 h1_header_read_timeout_running: false,
+                #[cfg(feature = "server")]
+                h1_header_read_deadline: None,
                 #[cfg(feature = "server")]
                 date_header: true,
                 #[cfg(feature = "server")]
@@ -220,21 +222,20 @@ where
         debug_assert!(self.can_read_head());
         trace!("Conn::read_head");
 
+        // The sleep is made once per connection and re-armed lazily: a new head only records
+        // its deadline, and a sleep still armed for an earlier head is moved to it when it
+        // fires. Making, arming and dropping a sleep for every head cost a timer-wheel insert
+        // and removal and an allocation per request.
         #[cfg(feature = "server")]
         if !self.state.h1_header_read_timeout_running {
             if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
                 let deadline = self.state.timer.now() + h1_header_read_timeout;
                 self.state.h1_header_read_timeout_running = true;
-                match &mut self.state.h1_header_read_timeout_fut {
-                    Some(h1_header_read_timeout_fut) => {
-                        trace!("resetting h1 header read timeout timer");
-                        self.state.timer.reset(h1_header_read_timeout_fut, deadline);
-                    }
-                    None => {
-                        trace!("setting h1 header read timeout timer");
-                        self.state.h1_header_read_timeout_fut =
-                            Some(self.state.timer.sleep_until(deadline));
-                    }
+                self.state.h1_header_read_deadline = Some(deadline);
+                if self.state.h1_header_read_timeout_fut.is_none() {
+                    trace!("setting h1 header read timeout timer");
+                    self.state.h1_header_read_timeout_fut =
+                        Some(self.state.timer.sleep_until(deadline));
                 }
             }
         }
@@ -260,10 +261,19 @@ where
             Poll::Pending => {
                 #[cfg(feature = "server")]
                 if self.state.h1_header_read_timeout_running {
-                    if let Some(h1_header_read_timeout_fut) =
-                        &mut self.state.h1_header_read_timeout_fut
-                    {
-                        if Pin::new(h1_header_read_timeout_fut).poll(cx).is_ready() {
+                    if let (Some(h1_header_read_timeout_fut), Some(deadline)) = (
+                        &mut self.state.h1_header_read_timeout_fut,
+                        self.state.h1_header_read_deadline,
+                    ) {
+                        let mut fired = Pin::new(&mut *h1_header_read_timeout_fut)
+                            .poll(cx)
+                            .is_ready();
+                        if fired && self.state.timer.now() < deadline {
+                            trace!("resetting h1 header read timeout timer");
+                            self.state.timer.reset(h1_header_read_timeout_fut, deadline);
+                            fired = Pin::new(h1_header_read_timeout_fut).poll(cx).is_ready();
+                        }
+                        if fired {
                             self.state.h1_header_read_timeout_running = false;
 
                             warn!("read header from client timeout");
@@ -276,10 +286,10 @@ where
             }
         };
 
+        // The sleep stays armed; the next head moves it on when it fires (see above).
         #[cfg(feature = "server")]
         {
             self.state.h1_header_read_timeout_running = false;
-            self.state.h1_header_read_timeout_fut = None;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
@@ -959,6 +969,10 @@ struct State {
     h1_header_read_timeout_fut: Option<Pin<Box<dyn Sleep>>>,
     #[cfg(feature = "server")]
     h1_header_read_timeout_running: bool,
+    /// When the head being read times out. The sleep above may be armed for an earlier
+    /// head's deadline, which is never later than this one: when it fires, it is moved here.
+    #[cfg(feature = "server")]
+    h1_header_read_deadline: Option<Instant>,
     #[cfg(feature = "server")]
     date_header: bool,
     #[cfg(feature = "server")]
