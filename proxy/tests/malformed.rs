@@ -70,22 +70,23 @@ async fn slowloris_client_is_disconnected() {
     ))
     .await;
     let mut s = TcpStream::connect(addr(&proxy, "up")).await.unwrap();
+    stall_a_head(&mut s, "the proxy to close a stalled client").await;
+    assert_eq!(up.hits(), 0);
+}
+
+/// Sends the start of a request head and never finishes it: the proxy must close the
+/// connection by itself, at most with a 408.
+async fn stall_a_head(s: &mut TcpStream, what: &str) {
     s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: ")
         .await
         .unwrap();
-    // Never finish the head: the proxy must close the connection by itself.
     let mut buf = Vec::new();
-    let read = within(
-        "the proxy to close a stalled client",
-        s.read_to_end(&mut buf),
-    )
-    .await;
+    let read = within(what, s.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf);
     assert!(
         read.is_err() || text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text:?}"
     );
-    assert_eq!(up.hits(), 0);
 }
 
 /// The header read timeout counts from the start of each head on a connection. The first
@@ -132,20 +133,7 @@ async fn header_read_timeout_starts_afresh_for_each_request() {
     }
     assert_eq!(hits.load(Ordering::SeqCst), 2);
     // A third head that never ends is still cut off once its own timeout passes.
-    s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nx-slow: ")
-        .await
-        .unwrap();
-    let mut rest = Vec::new();
-    let read = within(
-        "the proxy to close a stalled third head",
-        s.read_to_end(&mut rest),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&rest);
-    assert!(
-        read.is_err() || text.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "{text:?}"
-    );
+    stall_a_head(&mut s, "the proxy to close a stalled third head").await;
     assert_eq!(hits.load(Ordering::SeqCst), 2);
 }
 
