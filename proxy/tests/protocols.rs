@@ -111,6 +111,32 @@ async fn grpc_unary_call_with_trailers_through_the_proxy() {
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
+/// A gRPC client ends each request with an empty DATA frame carrying END_STREAM. Forwarded
+/// as an empty frame *without* END_STREAM, each call would count against h2's limit of 100
+/// such frames per connection, and the upstream would close the shared connection with
+/// GOAWAY(ENHANCE_YOUR_CALM) under the calls in flight.
+#[tokio::test]
+async fn grpc_calls_past_a_hundred_on_one_upstream_connection_all_succeed() {
+    use tonic_health::pb::HealthCheckRequest;
+    let server = grpc_health_server().await;
+    let proxy = start_proxy(&service("cart", "GRPC", server.port(), "")).await;
+    let mut client = health_client(addr(&proxy, "up")).await;
+    let mut failed = Vec::new();
+    for i in 0..250 {
+        let r = within(
+            "check",
+            client.check(HealthCheckRequest {
+                service: "shop.Cart".into(),
+            }),
+        )
+        .await;
+        if let Err(e) = r {
+            failed.push(format!("call {i}: {e}"));
+        }
+    }
+    assert!(failed.is_empty(), "failed calls: {failed:?}");
+}
+
 #[tokio::test]
 async fn grpc_fault_abort_is_a_grpc_status() {
     use tonic_health::pb::HealthCheckRequest;

@@ -174,6 +174,8 @@ fn find_source<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> Op
 }
 
 fn classify(e: &SendError) -> Failure {
+    // The access-log line says what the client saw; this says why.
+    tracing::debug!(error = ?e, "upstream request failed");
     if find_source::<PoolOverflow>(e).is_some() {
         return Failure::Overflow;
     }

@@ -125,46 +125,63 @@ impl HttpBody for ReplayBody {
             }
             return Poll::Ready(None);
         }
-        let Some(source) = s.source.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(source).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                s.ended = true;
-                s.source = None;
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                s.failed = true;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) => {
-                    if !s.overflowed {
-                        if s.size + data.len() > this.limit {
-                            s.overflowed = true;
-                            s.buffered = Vec::new();
-                        } else {
-                            s.size += data.len();
-                            s.buffered.push(data.clone());
-                            this.pos += 1;
-                        }
-                    }
-                    Poll::Ready(Some(Ok(Frame::data(data))))
+        loop {
+            let Some(source) = s.source.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let polled = Pin::new(&mut *source).poll_frame(cx);
+            // Known here, not only when the next poll returns None, so the last chunk goes out
+            // with END_STREAM instead of being followed by an empty frame.
+            let source_done = source.is_end_stream();
+            match polled {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    s.ended = true;
+                    s.source = None;
+                    return Poll::Ready(None);
                 }
-                Err(frame) => match frame.into_trailers() {
-                    Ok(trailers) => {
-                        s.trailers = Some(trailers.clone());
-                        s.ended = true;
-                        s.source = None;
-                        this.trailers_sent = true;
-                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                Poll::Ready(Some(Err(e))) => {
+                    s.failed = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        if source_done {
+                            s.ended = true;
+                            s.source = None;
+                        }
+                        if data.is_empty() {
+                            // Nothing to send. A client's empty DATA frame with END_STREAM
+                            // (as gRPC clients end a call) forwarded as an empty frame
+                            // without it counts against h2's limit of 100 per connection,
+                            // and the upstream closes the shared connection.
+                            continue;
+                        }
+                        if !s.overflowed {
+                            if s.size + data.len() > this.limit {
+                                s.overflowed = true;
+                                s.buffered = Vec::new();
+                            } else {
+                                s.size += data.len();
+                                s.buffered.push(data.clone());
+                                this.pos += 1;
+                            }
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    // Neither data nor trailers: nothing a proxy can forward.
-                    Err(_) => Poll::Ready(Some(Err("unknown body frame".into()))),
+                    Err(frame) => match frame.into_trailers() {
+                        Ok(trailers) => {
+                            s.trailers = Some(trailers.clone());
+                            s.ended = true;
+                            s.source = None;
+                            this.trailers_sent = true;
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        // Neither data nor trailers: nothing a proxy can forward.
+                        Err(_) => return Poll::Ready(Some(Err("unknown body frame".into()))),
+                    },
                 },
-            },
+            }
         }
     }
 
@@ -180,5 +197,38 @@ impl HttpBody for ReplayBody {
     fn size_hint(&self) -> SizeHint {
         // Every attempt sends the whole body, so the client's hint holds for each.
         self.hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    /// Read as soon as the source knows it is done: HTTP/2 then sends the last chunk with
+    /// END_STREAM rather than following it with an empty DATA frame.
+    #[tokio::test]
+    async fn the_last_chunk_ends_the_stream() {
+        let replay = Replay::new(body::full("order"), 1024);
+        let mut attempt = replay.attempt();
+        let frame = attempt.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().ok(), Some(Bytes::from("order")));
+        assert!(attempt.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn empty_chunks_are_not_forwarded() {
+        let chunks = ["a", "", "b", ""].map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from(c))));
+        let source = body::boxed(StreamBody::new(futures::stream::iter(chunks)));
+        let replay = Replay::new(source, 1024);
+        for _ in 0..2 {
+            let mut attempt = replay.attempt();
+            let mut sent = Vec::new();
+            while let Some(frame) = attempt.frame().await {
+                sent.push(frame.expect("data").into_data().expect("data"));
+            }
+            assert_eq!(sent, ["a", "b"], "the first attempt and its replay");
+        }
     }
 }
