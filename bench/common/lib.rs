@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use tonic::transport::{Channel, Endpoint};
+use trellis_raft_store::pb as store_pb;
 
 /// Child processes, stopped when dropped: SIGTERM, then SIGKILL after 2 s, so servers get a
 /// chance to shut down cleanly and nothing outlives the benchmark.
@@ -108,6 +110,61 @@ pub fn spawn_trellis_cluster(
             .push(spawn(bin, &args, &dir.join(format!("trellis{i}.log")))?);
     }
     Ok((grpc, admin))
+}
+
+/// A gRPC channel to `addr` (`host:port`, plain text), Nagle off.
+pub async fn grpc_channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+/// A started three-server cluster: the members' gRPC and admin HTTP addresses, and the
+/// leader's gRPC address.
+pub struct TrellisCluster {
+    pub grpc: Vec<String>,
+    pub admin: Vec<String>,
+    pub leader: String,
+}
+
+/// Starts three `trellis server` processes (`spawn_trellis_cluster`) and waits up to 60 s
+/// until they have a leader and three voters.
+pub async fn start_trellis_cluster(
+    bin: &Path,
+    dir: &Path,
+    procs: &mut Processes,
+) -> anyhow::Result<TrellisCluster> {
+    let (grpc, admin) = spawn_trellis_cluster(bin, dir, procs)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(ch) = grpc_channel(&grpc[0]).await {
+            let mut c = store_pb::cluster_client::ClusterClient::new(ch);
+            if let Ok(r) = c.members(store_pb::MembersRequest {}).await {
+                let r = r.into_inner();
+                if r.has_leader && r.members.iter().filter(|m| m.voter).count() == 3 {
+                    let leader = r
+                        .members
+                        .iter()
+                        .find(|m| m.node_id == r.leader_id)
+                        .map(|m| m.addr.clone())
+                        .context("leader not among members")?;
+                    return Ok(TrellisCluster {
+                        grpc,
+                        admin,
+                        leader,
+                    });
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the Trellis cluster did not form within 60s; logs in {}",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// utime + stime of a process (`/proc/PID/stat`; `self` for this one), in clock ticks.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use tonic::transport::{Channel, Endpoint};
-use trellis_bench::{Processes, free_port, spawn};
+use tonic::transport::Channel;
+use trellis_bench::{Processes, free_port, grpc_channel, spawn};
 use trellis_raft_store::pb as store_pb;
 
 mod etcd_pb {
@@ -54,13 +54,6 @@ struct Args {
     also_trellis: Option<PathBuf>,
 }
 
-async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
-}
-
 /// A started cluster: its members' client addresses, the leader's first.
 struct Started {
     procs: Processes,
@@ -70,36 +63,12 @@ struct Started {
 
 async fn start_trellis(bin: &Path, dir: &Path) -> anyhow::Result<Started> {
     let mut procs = Processes(Vec::new());
-    let (grpc, _) = trellis_bench::spawn_trellis_cluster(bin, dir, &mut procs)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(ch) = channel(&grpc[0]).await {
-            let mut c = store_pb::cluster_client::ClusterClient::new(ch);
-            if let Ok(r) = c.members(store_pb::MembersRequest {}).await {
-                let r = r.into_inner();
-                if r.has_leader && r.members.iter().filter(|m| m.voter).count() == 3 {
-                    let leader = r
-                        .members
-                        .iter()
-                        .find(|m| m.node_id == r.leader_id)
-                        .map(|m| m.addr.clone())
-                        .context("leader not among members")?;
-                    return Ok(Started {
-                        procs,
-                        leader,
-                        members: grpc,
-                    });
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the Trellis cluster did not form within 60s; logs in {}",
-                dir.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let cluster = trellis_bench::start_trellis_cluster(bin, dir, &mut procs).await?;
+    Ok(Started {
+        procs,
+        leader: cluster.leader,
+        members: cluster.grpc,
+    })
 }
 
 async fn start_etcd(bin: &Path, dir: &Path) -> anyhow::Result<Started> {
@@ -143,7 +112,7 @@ async fn start_etcd(bin: &Path, dir: &Path) -> anyhow::Result<Started> {
         let mut leader = None;
         let mut answered = 0;
         for m in &members {
-            if let Ok(ch) = channel(m).await {
+            if let Ok(ch) = grpc_channel(m).await {
                 let mut c = etcd_pb::maintenance_client::MaintenanceClient::new(ch);
                 if let Ok(r) = c.status(etcd_pb::StatusRequest {}).await {
                     let r = r.into_inner();
@@ -187,7 +156,7 @@ enum Writer {
 
 impl Writer {
     async fn connect(system: System, addr: &str) -> anyhow::Result<Writer> {
-        let ch = channel(addr).await?;
+        let ch = grpc_channel(addr).await?;
         Ok(match system {
             System::Trellis => Writer::Trellis(store_pb::kv_client::KvClient::new(ch)),
             System::Etcd => Writer::Etcd(etcd_pb::kv_client::KvClient::new(ch)),
