@@ -1,6 +1,6 @@
 # A VM image with the trellis binary, a trellis user and the systemd unit installed
 # (disabled: the Terraform module's user data writes the flags and enables it).
-#   cargo build --release -p trellis
+#   bash deploy/build-release.sh      # the profile-guided release build: target/pgo/trellis
 #   packer build -var region=eu-west-1 packer/trellis-server.pkr.hcl
 
 packer {
@@ -18,7 +18,7 @@ variable "region" {
 
 variable "binary" {
   type    = string
-  default = "target/release/trellis"
+  default = "target/pgo/trellis"
 }
 
 source "amazon-ebs" "debian" {
