@@ -281,7 +281,7 @@ async fn start_proxy(
 }
 
 async fn raw_get(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut s = connect(port).await?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
         .await?;
     let mut out = String::new();
@@ -411,6 +411,13 @@ async fn exchange(send: &mut impl SendRequest, tally: &Tally, req: Request<Full<
     tally.exchange(&what, answer);
 }
 
+/// A connection to one of the proxies' listeners, Nagle off as load tools have it.
+async fn connect(port: u16) -> anyhow::Result<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// Keeps `connections` HTTP/1.1 connections busy until `until`, one request in flight on
 /// each; with `every`, each connection sends at most one request per period instead.
 async fn http1_load(
@@ -423,8 +430,7 @@ async fn http1_load(
 ) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.set_nodelay(true)?;
+        let stream = connect(port).await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let tally = tally.clone();
@@ -448,7 +454,7 @@ async fn http1_load(
             }
         });
     }
-    while tasks.join_next().await.is_some() {}
+    tasks.join_all().await;
     Ok(())
 }
 
@@ -463,8 +469,7 @@ async fn http2_load(
 ) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.set_nodelay(true)?;
+        let stream = connect(port).await?;
         let (send, conn) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await?;
@@ -484,7 +489,7 @@ async fn http2_load(
             });
         }
     }
-    while tasks.join_next().await.is_some() {}
+    tasks.join_all().await;
     Ok(())
 }
 
@@ -516,7 +521,7 @@ async fn grpc_load(
             }
         });
     }
-    while tasks.join_next().await.is_some() {}
+    tasks.join_all().await;
     Ok(())
 }
 
@@ -528,8 +533,7 @@ async fn tcp_load(
 ) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.set_nodelay(true)?;
+        let mut stream = connect(port).await?;
         let tally = tally.clone();
         tasks.spawn(async move {
             let mut buf = [0u8; 512];
@@ -543,7 +547,7 @@ async fn tcp_load(
             }
         });
     }
-    while tasks.join_next().await.is_some() {}
+    tasks.join_all().await;
     Ok(())
 }
 
@@ -711,11 +715,11 @@ async fn train_servers(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<(
                 }
             });
         }
-        while tasks.join_next().await.is_some() {}
+        tasks.join_all().await;
         Ok(())
     })
     .await?;
-    let until = Instant::now() + Duration::from_secs(seconds / 2);
+    let until = Instant::now() + Duration::from_secs(seconds) / 2;
     phase("apply VirtualService + DestinationRule", |tally| async move {
         let mut n = 0u64;
         while Instant::now() < until {
@@ -738,7 +742,7 @@ async fn train_servers(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<(
 }
 
 async fn post(port: u16, path: &str, body: &str) -> anyhow::Result<StatusCode> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let stream = connect(port).await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let r = send
