@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -240,29 +239,30 @@ resources:
     )
 }
 
-/// Starts `trellis proxy --config CONFIG` and waits for its admin `/ready`.
+/// Starts `trellis proxy --config CONFIG` among `procs` (so it is stopped whatever
+/// happens next) and waits for its admin `/ready`.
 async fn start_proxy(
     bin: &Path,
     dir: &Path,
     name: &str,
     yaml: &str,
     admin: u16,
-) -> anyhow::Result<Child> {
+    procs: &mut Processes,
+) -> anyhow::Result<()> {
     let config = dir.join(format!("{name}.yaml"));
     std::fs::write(&config, yaml)?;
     let log = dir.join(format!("{name}.log"));
-    let mut child = spawn(
-        bin,
-        &[
-            "proxy".into(),
-            "--config".into(),
-            config.display().to_string(),
-        ],
-        &log,
-    )?;
+    let args = [
+        "proxy".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    procs.0.push(spawn(bin, &args, &log)?);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(child) = procs.0.last_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
             bail!(
                 "{name} exited ({status}) before it was ready: {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
@@ -271,7 +271,7 @@ async fn start_proxy(
         if let Ok(r) = raw_get(admin, "/ready").await
             && r.starts_with("HTTP/1.1 200")
         {
-            return Ok(child);
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("{name} was not ready within 30 s; log in {}", log.display());
@@ -289,27 +289,49 @@ async fn raw_get(port: u16, path: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Sends SIGTERM and waits for a clean exit: the profile is written only then.
-fn stop(name: &str, mut child: Child) -> anyhow::Result<()> {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
-        nix::sys::signal::Signal::SIGTERM,
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            ensure!(
-                status.success(),
-                "{name} exited with {status} after SIGTERM"
+/// Sends SIGTERM to every process of `procs` and waits for each to exit cleanly: a profile
+/// is written only then. One still running 30 s later is killed, and the run fails.
+fn stop_all(what: &str, procs: &mut Processes) -> anyhow::Result<()> {
+    let mut children = std::mem::take(&mut procs.0);
+    for child in &children {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
             );
-            return Ok(());
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("{name} did not exit within 30 s of SIGTERM; its profile is lost");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut failed = Vec::new();
+    for child in &mut children {
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => break,
+                Ok(Some(status)) => {
+                    failed.push(format!("pid {} exited with {status}", child.id()));
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    failed.push(format!(
+                        "pid {} was still running 30 s after SIGTERM",
+                        child.id()
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    ensure!(
+        failed.is_empty(),
+        "{what}: {}; their profiles are lost",
+        failed.join(", ")
+    );
+    Ok(())
 }
 
 /// Requests of one kind: what each sends, and how an answer counts.
@@ -596,12 +618,14 @@ async fn train_proxies(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<(
     let grpc = grpc_upstream().await?;
     let echo = tcp_echo().await?;
     let (inbound_admin, inbound) = (free_port()?, free_port()?);
-    let server_side = start_proxy(
+    let mut procs = Processes::default();
+    start_proxy(
         bin,
         dir,
         "server-side",
         &inbound_config(inbound_admin, inbound, v1),
         inbound_admin,
+        &mut procs,
     )
     .await?;
     let ports = Outbound {
@@ -611,12 +635,13 @@ async fn train_proxies(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<(
         cart: free_port()?,
         echo: free_port()?,
     };
-    let client_side = start_proxy(
+    start_proxy(
         bin,
         dir,
         "client-side",
         &outbound_config(&ports, inbound, v1, v2, grpc, echo),
         ports.admin,
+        &mut procs,
     )
     .await?;
 
@@ -678,9 +703,7 @@ async fn train_proxies(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<(
     })
     .await?;
 
-    stop("client-side proxy", client_side)?;
-    stop("server-side proxy", server_side)?;
-    Ok(())
+    stop_all("the proxies", &mut procs)
 }
 
 async fn train_servers(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<()> {
@@ -735,10 +758,7 @@ async fn train_servers(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<(
         Ok(())
     })
     .await?;
-    for (i, child) in std::mem::take(&mut procs.0).into_iter().enumerate() {
-        stop(&format!("server {i}"), child)?;
-    }
-    Ok(())
+    stop_all("the servers", &mut procs)
 }
 
 async fn post(port: u16, path: &str, body: &str) -> anyhow::Result<StatusCode> {
