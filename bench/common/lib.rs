@@ -78,38 +78,77 @@ pub fn trellis_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// Three `trellis server` processes on loopback forming one cluster by `--bootstrap-expect`,
-/// data dirs and logs under `dir`. Returns their gRPC and admin HTTP addresses.
+/// each on ports the OS picks (read back from its `listening` line), data dirs and logs under
+/// `dir`. Returns their gRPC and admin HTTP addresses.
 pub fn spawn_trellis_cluster(
     bin: &Path,
     dir: &Path,
     procs: &mut Processes,
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
-    let addrs = || -> anyhow::Result<Vec<String>> {
-        (0..3)
-            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-            .collect()
-    };
-    let (grpc, admin) = (addrs()?, addrs()?);
+    let (mut grpc, mut admin) = (Vec::new(), Vec::new());
     for i in 0..3 {
         let mut args = vec![
             "server".to_string(),
             "--data-dir".into(),
             dir.join(format!("trellis{i}")).display().to_string(),
             "--grpc-addr".into(),
-            grpc[i].clone(),
+            "127.0.0.1:0".into(),
             "--http-addr".into(),
-            admin[i].clone(),
+            "127.0.0.1:0".into(),
             "--bootstrap-expect".into(),
             "3".into(),
         ];
-        if i > 0 {
-            args.extend(["--join".to_string(), grpc[0].clone()]);
+        if let Some(first) = grpc.first() {
+            args.extend(["--join".to_string(), String::clone(first)]);
         }
-        procs
-            .0
-            .push(spawn(bin, &args, &dir.join(format!("trellis{i}.log")))?);
+        let log = dir.join(format!("trellis{i}.log"));
+        procs.0.push(spawn(bin, &args, &log)?);
+        let child = procs.0.last_mut().context("the server just started")?;
+        let (g, h) = wait_for_line(&log, child, "trellis server", |line| {
+            line.starts_with("listening ")
+                .then(|| Some((field(line, "grpc")?, field(line, "http")?)))
+                .flatten()
+        })?;
+        grpc.push(g);
+        admin.push(h);
     }
     Ok((grpc, admin))
+}
+
+/// Waits up to 30 s for the first line of `log` that `pick` makes something of: how a process
+/// started on port 0 says where it listens.
+pub fn wait_for_line<T>(
+    log: &Path,
+    child: &mut Child,
+    what: &str,
+    pick: impl Fn(&str) -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(found) = text.lines().find_map(&pick) {
+            return Ok(found);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "{what} exited ({status}) before saying where it listens; log in {}",
+                log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} did not say where it listens within 30 s; log in {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of `key=value` among a log line's words.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
 }
 
 /// A gRPC channel to `addr` (`host:port`, plain text), Nagle off.

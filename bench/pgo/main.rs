@@ -24,7 +24,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use trellis_bench::{Processes, free_port, grpc_channel, spawn};
+use trellis_bench::{Processes, grpc_channel, spawn};
 use trellis_raft_store::pb as store_pb;
 
 #[derive(Parser)]
@@ -126,13 +126,13 @@ async fn tcp_echo() -> anyhow::Result<SocketAddr> {
 }
 
 /// The server-side proxy: an inbound listener in front of the `v1` workload.
-fn inbound_config(admin: u16, bind: u16, workload: SocketAddr) -> String {
+fn inbound_config(workload: SocketAddr) -> String {
     format!(
         r#"node: {{name: web-1, namespace: default}}
 drainTimeout: 5s
 listeners:
-  admin: {{bind: "127.0.0.1:{admin}"}}
-  inbound: {{bind: "127.0.0.1:{bind}", service: web, address: "{workload}", protocol: HTTP}}
+  admin: {{bind: "127.0.0.1:0"}}
+  inbound: {{bind: "127.0.0.1:0", service: web, address: "{workload}", protocol: HTTP}}
 services:
   - name: web
     ports: [{{number: 80, protocol: HTTP}}]
@@ -140,44 +140,27 @@ services:
     )
 }
 
-/// The ports of the client-side proxy's listeners.
-struct Outbound {
-    admin: u16,
-    web: u16,
-    api: u16,
-    cart: u16,
-    echo: u16,
-}
-
 /// The client-side proxy: `web` leads to the server-side proxy (two hops), `api` straight to
 /// two versions of a workload over HTTP/2 with the routing an Istio user writes, `cart` to a
 /// gRPC server, `echo` to a TCP echo.
 fn outbound_config(
-    ports: &Outbound,
     inbound: u16,
     v1: SocketAddr,
     v2: SocketAddr,
     grpc: SocketAddr,
     echo: SocketAddr,
 ) -> String {
-    let Outbound {
-        admin,
-        web,
-        api,
-        cart,
-        echo: echo_port,
-    } = ports;
     let (v1p, v2p, grpcp, echop) = (v1.port(), v2.port(), grpc.port(), echo.port());
     format!(
         r#"node: {{name: client-1, namespace: default}}
 drainTimeout: 5s
 listeners:
-  admin: {{bind: "127.0.0.1:{admin}"}}
+  admin: {{bind: "127.0.0.1:0"}}
   upstreams:
-    - {{name: web, bind: "127.0.0.1:{web}", service: web, port: 80}}
-    - {{name: api, bind: "127.0.0.1:{api}", service: api, port: 80}}
-    - {{name: cart, bind: "127.0.0.1:{cart}", service: cart, port: 50051}}
-    - {{name: echo, bind: "127.0.0.1:{echo_port}", service: echo, port: 7}}
+    - {{name: web, bind: "127.0.0.1:0", service: web, port: 80}}
+    - {{name: api, bind: "127.0.0.1:0", service: api, port: 80}}
+    - {{name: cart, bind: "127.0.0.1:0", service: cart, port: 50051}}
+    - {{name: echo, bind: "127.0.0.1:0", service: echo, port: 7}}
 services:
   - name: web
     ports: [{{number: 80, protocol: HTTP}}]
@@ -239,16 +222,17 @@ resources:
     )
 }
 
-/// Starts `trellis proxy --config CONFIG` among `procs` (so it is stopped whatever
-/// happens next) and waits for its admin `/ready`.
+/// Starts `trellis proxy --config CONFIG` among `procs` (so it is stopped whatever happens
+/// next), its listeners on ports the OS picks, and waits for its admin `/ready`. Returns the
+/// ports of `listeners`, read from its `listening listener=NAME local=ADDR` log lines.
 async fn start_proxy(
     bin: &Path,
     dir: &Path,
     name: &str,
     yaml: &str,
-    admin: u16,
+    listeners: &[&str],
     procs: &mut Processes,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<u16>> {
     let config = dir.join(format!("{name}.yaml"));
     std::fs::write(&config, yaml)?;
     let log = dir.join(format!("{name}.log"));
@@ -258,26 +242,41 @@ async fn start_proxy(
         config.display().to_string(),
     ];
     procs.0.push(spawn(bin, &args, &log)?);
+    let child = procs.0.last_mut().context("the proxy just started")?;
+    let port = |child: &mut std::process::Child, listener: &str| {
+        let key = format!("listener={listener}");
+        trellis_bench::wait_for_line(&log, child, name, |line| {
+            line.split_whitespace()
+                .any(|w| w == key)
+                .then(|| {
+                    trellis_bench::field(line, "local")?
+                        .parse::<SocketAddr>()
+                        .ok()
+                })
+                .flatten()
+                .map(|a| a.port())
+        })
+    };
+    let admin = port(child, "admin")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(child) = procs.0.last_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
-            bail!(
-                "{name} exited ({status}) before it was ready: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
         if let Ok(r) = raw_get(admin, "/ready").await
             && r.starts_with("HTTP/1.1 200")
         {
-            return Ok(());
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "{name} exited ({status}) before it was ready; log in {}",
+                log.display()
+            );
         }
         if Instant::now() > deadline {
             bail!("{name} was not ready within 30 s; log in {}", log.display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    listeners.iter().map(|l| port(child, l)).collect()
 }
 
 async fn raw_get(port: u16, path: &str) -> anyhow::Result<String> {
@@ -617,39 +616,35 @@ async fn train_proxies(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<(
     let v2 = http_upstream("v2").await?;
     let grpc = grpc_upstream().await?;
     let echo = tcp_echo().await?;
-    let (inbound_admin, inbound) = (free_port()?, free_port()?);
     let mut procs = Processes::default();
-    start_proxy(
+    let [inbound] = start_proxy(
         bin,
         dir,
         "server-side",
-        &inbound_config(inbound_admin, inbound, v1),
-        inbound_admin,
+        &inbound_config(v1),
+        &["inbound"],
         &mut procs,
     )
-    .await?;
-    let ports = Outbound {
-        admin: free_port()?,
-        web: free_port()?,
-        api: free_port()?,
-        cart: free_port()?,
-        echo: free_port()?,
+    .await?[..] else {
+        bail!("the server-side proxy's inbound port");
     };
-    start_proxy(
+    let [web, api, cart, echo_port] = start_proxy(
         bin,
         dir,
         "client-side",
-        &outbound_config(&ports, inbound, v1, v2, grpc, echo),
-        ports.admin,
+        &outbound_config(inbound, v1, v2, grpc, echo),
+        &["web", "api", "cart", "echo"],
         &mut procs,
     )
-    .await?;
+    .await?[..] else {
+        bail!("the client-side proxy's ports");
+    };
 
     let full = Duration::from_secs(seconds);
     let half = full / 2;
     let at = |d: Duration| Instant::now() + d;
     phase("HTTP/1.1, 2 hops, 32 connections", |t| {
-        http1_load(ports.web, 32, Mix::Plain, at(full), None, t)
+        http1_load(web, 32, Mix::Plain, at(full), None, t)
     })
     .await?;
     phase("HTTP/1.1, 1 hop, 32 connections", |t| {
@@ -657,7 +652,7 @@ async fn train_proxies(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<(
     })
     .await?;
     phase("HTTP/2, 2 hops, 4 x 8 streams", |t| {
-        http2_load(ports.web, 4, 8, Mix::Plain, at(full), t)
+        http2_load(web, 4, 8, Mix::Plain, at(full), t)
     })
     .await?;
     phase("HTTP/2, 1 hop, 4 x 8 streams", |t| {
@@ -665,16 +660,16 @@ async fn train_proxies(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<(
     })
     .await?;
     phase("HTTP/1.1 routes to HTTP/2, 8 connections", |t| {
-        http1_load(ports.api, 8, Mix::Routes, at(full), None, t)
+        http1_load(api, 8, Mix::Routes, at(full), None, t)
     })
     .await?;
     phase("HTTP/2 routes, 2 x 8 streams", |t| {
-        http2_load(ports.api, 2, 8, Mix::Routes, at(half), t)
+        http2_load(api, 2, 8, Mix::Routes, at(half), t)
     })
     .await?;
     phase("HTTP/1.1, 2 hops, 1,000 rps", |t| {
         http1_load(
-            ports.web,
+            web,
             10,
             Mix::Plain,
             at(full),
@@ -694,12 +689,9 @@ async fn train_proxies(bin: &Path, dir: &Path, seconds: u64) -> anyhow::Result<(
         )
     })
     .await?;
-    phase("gRPC unary, 4 clients", |t| {
-        grpc_load(ports.cart, 4, at(half), t)
-    })
-    .await?;
+    phase("gRPC unary, 4 clients", |t| grpc_load(cart, 4, at(half), t)).await?;
     phase("TCP echo, 8 connections", |t| {
-        tcp_load(ports.echo, 8, at(half), t)
+        tcp_load(echo_port, 8, at(half), t)
     })
     .await?;
 
