@@ -19,24 +19,53 @@ impl Processes {
     pub fn pids(&self) -> Vec<u32> {
         self.0.iter().map(Child::id).collect()
     }
+
+    /// Sends SIGTERM to every process, waits up to `within` for them to exit, kills what is
+    /// still running, and says which did not exit cleanly (none: an empty list).
+    pub fn stop(&mut self, within: Duration) -> Vec<String> {
+        let mut children = std::mem::take(&mut self.0);
+        for c in &children {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + within;
+        let mut unclean = Vec::new();
+        for c in &mut children {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(status)) => {
+                        if !status.success() {
+                            unclean.push(format!("pid {} exited with {status}", c.id()));
+                        }
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    _ => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        unclean.push(format!(
+                            "pid {} was still running {} s after SIGTERM",
+                            c.id(),
+                            within.as_secs()
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        unclean
+    }
 }
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for c in &mut self.0 {
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop(Duration::from_secs(2));
     }
 }
 

@@ -291,44 +291,11 @@ async fn raw_get(port: u16, path: &str) -> anyhow::Result<String> {
 /// Sends SIGTERM to every process of `procs` and waits for each to exit cleanly: a profile
 /// is written only then. One still running 30 s later is killed, and the run fails.
 fn stop_all(what: &str, procs: &mut Processes) -> anyhow::Result<()> {
-    let mut children = std::mem::take(&mut procs.0);
-    for child in &children {
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut failed = Vec::new();
-    for child in &mut children {
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) if status.success() => break,
-                Ok(Some(status)) => {
-                    failed.push(format!("pid {} exited with {status}", child.id()));
-                    break;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    failed.push(format!(
-                        "pid {} was still running 30 s after SIGTERM",
-                        child.id()
-                    ));
-                    break;
-                }
-            }
-        }
-    }
+    let unclean = procs.stop(Duration::from_secs(30));
     ensure!(
-        failed.is_empty(),
+        unclean.is_empty(),
         "{what}: {}; their profiles are lost",
-        failed.join(", ")
+        unclean.join(", ")
     );
     Ok(())
 }
