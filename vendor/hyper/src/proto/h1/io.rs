@@ -1,5 +1,6 @@
 use std::cmp;
 use std::fmt;
+use std::mem;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,6 +36,9 @@ pub(crate) struct Buffered<T, B> {
     partial_len: Option<usize>,
     read_blocked: bool,
     read_buf: BytesMut,
+    /// The buffer read into before `read_buf`, kept to be read into again; see
+    /// `poll_read_from_io`.
+    spare_read_buf: BytesMut,
     read_buf_strategy: ReadStrategy,
     write_buf: WriteBuf<B>,
 }
@@ -69,6 +73,7 @@ where
             partial_len: None,
             read_blocked: false,
             read_buf: BytesMut::with_capacity(0),
+            spare_read_buf: BytesMut::new(),
             read_buf_strategy: ReadStrategy::default(),
             write_buf,
         }
@@ -238,8 +243,24 @@ where
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
-        if self.read_buf_remaining_mut() < next {
-            self.read_buf.reserve(next);
+        if self.read_buf_remaining_mut() < next && !self.read_buf.try_reclaim(next) {
+            // A parsed head's header values and a body's chunks are slices of the read
+            // buffer, so a buffer emptied by one message is often still shared when the
+            // next read comes (a proxied response is still being written out when its
+            // upstream connection goes back to waiting), and `reserve` would allocate a
+            // new one for every message. Instead, read into the buffer of the message
+            // before, which has by now been let go: two buffers per connection, taken in
+            // turn, and no allocation per message.
+            if self.read_buf.is_empty() {
+                let fresh = if self.spare_read_buf.try_reclaim(next) {
+                    mem::take(&mut self.spare_read_buf)
+                } else {
+                    BytesMut::with_capacity(cmp::max(next, INIT_BUFFER_SIZE))
+                };
+                self.spare_read_buf = mem::replace(&mut self.read_buf, fresh);
+            } else {
+                self.read_buf.reserve(next);
+            }
         }
 
         // SAFETY: ReadBuf and poll_read promise not to set any uninitialized
