@@ -7,8 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::*;
 use futures::{SinkExt, StreamExt};
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -349,18 +347,7 @@ resources:
 
 #[tokio::test]
 async fn chunked_body_with_expect_continue_is_forwarded() {
-    let echo_body = serve_http(Arc::new(|req: Request<hyper::body::Incoming>| {
-        Box::pin(async move {
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            Response::new(Full::new(body))
-        })
-    }))
-    .await;
+    let echo_body = body_echo().await;
     let proxy = start_proxy(&service("upload", "HTTP", echo_body.port(), "")).await;
     let a = addr(&proxy, "up");
     let out = within("exchange", async {
@@ -445,18 +432,7 @@ async fn pipelined_requests_with_bodies_come_back_whole_and_in_order() {
     // Requests written back to back in one go, bodies from a few bytes to several times the
     // proxy's 8 KiB read buffer: some arrive together in one read, some split across reads,
     // and each response's body is still being written out when the next request is read.
-    let echo_body = serve_http(Arc::new(|req: Request<hyper::body::Incoming>| {
-        Box::pin(async move {
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            Response::new(Full::new(body))
-        })
-    }))
-    .await;
+    let echo_body = body_echo().await;
     let proxy = start_proxy(&service("upload", "HTTP", echo_body.port(), "")).await;
     let sizes = [
         1, 17, 300, 8_000, 8_192, 9_000, 2, 40_000, 5, 16_385, 100, 3,

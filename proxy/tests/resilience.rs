@@ -457,19 +457,13 @@ services:
 
 #[tokio::test]
 async fn retried_requests_resend_their_body() {
-    use http_body_util::BodyExt;
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let s2 = seen.clone();
     let up = serve_http(Arc::new(
         move |req: http::Request<hyper::body::Incoming>| {
             let seen = s2.clone();
             Box::pin(async move {
-                let body = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
+                let body = request_body(req).await;
                 let n = {
                     let mut v = seen.lock().unwrap();
                     v.push(String::from_utf8_lossy(&body).into_owned());

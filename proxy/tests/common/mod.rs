@@ -51,7 +51,6 @@ pub type Handler = Arc<
         + Sync,
 >;
 
-/// An HTTP/1.1 + HTTP/2 (prior knowledge) server running `handler`, with upgrades.
 /// An upstream that holds every request until the test releases it: its address, the
 /// release (one `notify_one` per request) and how many requests have arrived.
 pub async fn serve_held(
@@ -72,6 +71,24 @@ pub async fn serve_held(
     (addr, release, arrived)
 }
 
+/// The whole body of a request an upstream received (empty if reading it failed).
+pub async fn request_body(req: Request<Incoming>) -> Bytes {
+    req.into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default()
+}
+
+/// An upstream that answers every request with the body it was sent.
+pub async fn body_echo() -> SocketAddr {
+    serve_http(Arc::new(|req| {
+        Box::pin(async move { Response::new(Full::new(request_body(req).await)) })
+    }))
+    .await
+}
+
+/// An HTTP/1.1 + HTTP/2 (prior knowledge) server running `handler`, with upgrades.
 pub async fn serve_http(handler: Handler) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
