@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,6 +73,49 @@ async fn slowloris_client_is_disconnected() {
     let mut s = TcpStream::connect(addr(&proxy, "up")).await.unwrap();
     stall_a_head(&mut s, "the proxy to close a stalled client").await;
     assert_eq!(up.hits(), 0);
+}
+
+/// The kernel's timer on the proxy's end of the connection `client` → `listener`, as
+/// /proc/net/tcp shows it: its kind (2 is keepalive) and the seconds until it fires.
+fn proxy_end_timer(listener: SocketAddr, client: SocketAddr) -> Option<(u8, f64)> {
+    // /proc/net/tcp writes an IPv4 address as the in-memory u32 and the port as a number.
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        SocketAddr::V6(_) => String::new(),
+    };
+    let (local, remote) = (hex(listener), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) != Some(&local.as_str()) || f.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        let (kind, when) = f.get(5)?.split_once(':')?;
+        // In clock ticks, which the kernel shows user space at 100 a second (USER_HZ).
+        let ticks = u64::from_str_radix(when, 16).ok()?;
+        Some((u8::from_str_radix(kind, 16).ok()?, ticks as f64 / 100.0))
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_goes_silent_is_probed_within_30_seconds() {
+    // A client whose host vanished sends nothing, not even a FIN; only keepalive probes
+    // find it. The kernel arms their timer on the proxy's end of every accepted connection.
+    let up = upstream("web").await;
+    let proxy = start_proxy(&http_service(up.port(), "")).await;
+    let listener = addr(&proxy, "up");
+    let s = TcpStream::connect(listener).await.unwrap();
+    let client = s.local_addr().unwrap();
+    eventually(
+        "a keepalive timer due within 30 s on the proxy's end",
+        || matches!(proxy_end_timer(listener, client), Some((2, secs)) if secs <= 30.0),
+    )
+    .await;
+    drop(s);
 }
 
 /// Sends the start of a request head and never finishes it: the proxy must close the

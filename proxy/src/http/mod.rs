@@ -74,7 +74,6 @@ where
         let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes)
-            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
             .serve_connection(io, service);
         run(served, draining, |c| c.graceful_shutdown()).await;
     } else {
