@@ -224,14 +224,22 @@ impl AgentProcess {
         self.process.wait_exit(within)
     }
 
-    /// A standalone `trellis proxy --agent ADDR --config FILE`, fed by an agent.
+    /// A standalone `trellis proxy --agent ADDR --config FILE`, fed by an agent. Its data dir
+    /// is `<name>-data` beside the config: the process is SIGKILLed when dropped, so a
+    /// temporary dir of its own would be left behind.
     pub fn sidecar(name: &str, agent: &str, config: &Path) -> anyhow::Result<AgentProcess> {
+        let data_dir = config
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(format!("{name}-data"));
         let args = vec![
             "proxy".to_string(),
             "--agent".into(),
             agent.to_string(),
             "--config".into(),
             config.display().to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
         ];
         Self::spawn(name, args)
     }
