@@ -17,6 +17,15 @@ use crate::error::ProxyError;
 
 type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// How many tasks a worker runs before it looks for new socket events while tasks are still
+/// queued (tokio's default is 61). A request is four or five task polls, so under load the
+/// default took an `epoll_wait` every dozen requests and interleaved new events with
+/// half-done ones; 200 is HAProxy's `tune.runqueue-depth`. Over HTTP/2 (h2load, 32 × 10
+/// streams) it took 4–9 % off the user CPU per request in 15 of 16 interleaved rounds
+/// against 61, with 5 % more requests per second in most; a worker with nothing queued
+/// still polls at once, so light load waits no longer.
+const TASK_POLLS_PER_IO_POLL: u32 = 200;
+
 thread_local! {
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
 }
@@ -52,6 +61,7 @@ impl Workers {
             let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .event_interval(TASK_POLLS_PER_IO_POLL)
                 .build()
                 .map_err(ProxyError::Workers)?;
             let stop = stop.clone();
