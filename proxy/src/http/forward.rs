@@ -339,7 +339,10 @@ pub async fn forward(
             let active = endpoint.start_request();
             let req = upstream_request(parts, replay.attempt(), &endpoint, http2);
             let try_deadline = policy.per_try_timeout.map(|t| Instant::now() + t.as_std());
-            let sent = send(cluster, &endpoint, req, http2);
+            // Boxed: the exchange's future is about a kilobyte, and unboxed it was copied
+            // whole into the deadline wrapper and again into this future's state (callgrind:
+            // 120-230 fewer instructions per request net of the allocation).
+            let sent = Box::pin(send(cluster, &endpoint, req, http2));
             let attempt = match within(earliest(route_deadline, try_deadline), sent).await {
                 Some(Ok(resp)) => Attempt::Response(resp),
                 Some(Err(f)) => Attempt::Failed(f),
