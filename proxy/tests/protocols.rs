@@ -37,6 +37,68 @@ async fn http2_prior_knowledge_on_both_sides() {
     );
 }
 
+/// An HTTP/1.1 upstream that answers every request with a chunked body and every kind of
+/// hop-by-hop header, some of them named only in `Connection`.
+async fn hop_by_hop_upstream() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        head.clear();
+                        let answer = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\n\
+                            Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+                            X-Hop: only-for-this-hop\r\nX-Kept: yes\r\n\
+                            Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    a
+}
+
+#[tokio::test]
+async fn http2_client_gets_an_http1_response_without_its_hop_by_hop_headers() {
+    // HTTP/2 forbids connection-specific headers: one passed through would make the
+    // response unsendable, and the client would see its stream reset instead.
+    let up = hop_by_hop_upstream().await;
+    let proxy = start_proxy(&service("legacy", "HTTP", up.port(), "")).await;
+    for _ in 0..3 {
+        let r = get(&h2_client(), addr(&proxy, "up"), "/x").await;
+        assert_eq!(r.status.as_u16(), 200);
+        assert_eq!(r.body, "hello");
+        assert_eq!(r.header("x-kept"), "yes", "an end-to-end header stays");
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "x-hop",
+        ] {
+            assert!(
+                r.headers.get(name).is_none(),
+                "{name} reached the HTTP/2 client: {:?}",
+                r.headers
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn http1_client_to_http2_upstream_keeps_the_host() {
     let up = upstream("h2").await;
