@@ -37,8 +37,8 @@ async fn http2_prior_knowledge_on_both_sides() {
     );
 }
 
-/// An HTTP/1.1 upstream that answers every request with a chunked body and every kind of
-/// hop-by-hop header, some of them named only in `Connection`.
+/// An HTTP/1.1 upstream that answers every request with a chunked body and hop-by-hop
+/// headers of four kinds, one of them named only in `Connection`.
 async fn hop_by_hop_upstream() -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = l.local_addr().unwrap();

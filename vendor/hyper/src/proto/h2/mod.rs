@@ -48,7 +48,7 @@ enum MessageKind {
 }
 
 fn strip_connection_headers(headers: &mut HeaderMap, kind: MessageKind) {
-    // Almost no message carries any of these. One pass over its few names finds that out
+    // Most messages carry none of these. One pass over their few names finds that out
     // for less than the six hash lookups below, each of which hashes its name afresh.
     if !headers
         .keys()
