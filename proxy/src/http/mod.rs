@@ -196,11 +196,16 @@ fn handle(
             },
             response_code: resp.status().as_u16(),
             response_flags: &flags,
-            grpc_response_status: resp
-                .headers()
-                .get(crate::flags::GRPC_STATUS)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            // Only a gRPC response can carry one; looking up a name outside the standard set
+            // hashes it byte by byte, so other requests skip it.
+            grpc_response_status: if grpc {
+                resp.headers()
+                    .get(crate::flags::GRPC_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+            } else {
+                ""
+            },
         };
         shared
             .metrics
@@ -382,7 +387,9 @@ fn proxy<'r>(
         if let Some(cors) = &route.cors {
             filters::cors_response(cors, origin.as_ref(), resp.headers_mut());
         }
-        resp.headers_mut().extend(limit_headers);
+        if !limit_headers.is_empty() {
+            resp.headers_mut().extend(limit_headers);
+        }
         if let Some(c) = set_cookie {
             resp.headers_mut().append(SET_COOKIE, c);
         }
