@@ -11,7 +11,9 @@ use std::ops;
 #[derive(Debug)]
 pub(super) struct Store {
     slab: slab::Slab<Stream>,
-    ids: IndexMap<StreamId, SlabIndex>,
+    // foldhash (seeded per process), not std's SipHash: a stream is looked up by id for
+    // every frame it gets and unlinked when it ends, and SipHash's rounds were most of that.
+    ids: IndexMap<StreamId, SlabIndex, foldhash::fast::RandomState>,
 }
 
 /// "Pointer" to an entry in the store
@@ -82,7 +84,7 @@ impl Store {
     pub fn new() -> Self {
         Store {
             slab: slab::Slab::new(),
-            ids: IndexMap::new(),
+            ids: IndexMap::with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 
