@@ -126,7 +126,14 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        Box::pin(handle(self.shared.clone(), self.conn.clone(), req))
+        // The box is made first and the future written into it: built on the stack and then
+        // boxed, the whole future (over a kilobyte, most of it room for later states) was
+        // copied into memory not yet in cache, for every request.
+        let future = Box::write(
+            Box::new_uninit(),
+            handle(self.shared.clone(), self.conn.clone(), req),
+        );
+        Box::into_pin(future)
     }
 }
 
@@ -317,8 +324,15 @@ fn proxy<'r>(
                 rewrite,
             } => (destinations, rewrite),
         };
+        // One destination, as most routes have, needs no turn of the weighted schedule (a
+        // lookup by the table's name).
+        let next = if destinations.len() > 1 {
+            rt.next_destination(&table_key, route_idx)
+        } else {
+            0
+        };
         let dest = destinations
-            .get(rt.next_destination(&table_key, route_idx))
+            .get(next)
             .or(destinations.first())
             .ok_or_else(no_route)?;
         log.cluster = &dest.cluster;
@@ -330,7 +344,10 @@ fn proxy<'r>(
             )
         })?;
 
-        let origin = parts.headers.get(http::header::ORIGIN).cloned();
+        let origin = route
+            .cors
+            .as_ref()
+            .and_then(|_| parts.headers.get(http::header::ORIGIN).cloned());
         if let Some(rw) = rewrite {
             let matched_uri = matched.and_then(|m| route.matches[m].uri.as_ref());
             if let Some(pq) =
