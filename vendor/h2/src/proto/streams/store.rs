@@ -12,7 +12,7 @@ use std::ops;
 pub(super) struct Store {
     slab: slab::Slab<Stream>,
     // foldhash (seeded per process), not std's SipHash: a stream is looked up by id for
-    // every frame it gets and unlinked when it ends, and SipHash's rounds were most of that.
+    // every frame it gets and unlinked when it ends, and SipHash was half of each lookup.
     ids: IndexMap<StreamId, SlabIndex, foldhash::fast::RandomState>,
 }
 
