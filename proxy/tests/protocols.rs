@@ -454,6 +454,55 @@ async fn keep_alive_serves_many_requests_on_one_connection() {
     let _ = Bytes::new();
 }
 
+/// An HTTP/1.1 upstream that answers the first request on each connection with
+/// `Connection: close` and then holds the connection open without reading from it again, so
+/// a request sent on it after all would never be answered. Returns its address and a count
+/// of the connections it accepted.
+async fn closing_upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Close\r\n\r\nok";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(DEADLINE * 2).await;
+            });
+        }
+    });
+    (a, accepted)
+}
+
+#[tokio::test]
+async fn an_upstream_connection_answered_with_connection_close_is_not_reused() {
+    let (up, accepted) = closing_upstream().await;
+    let proxy = start_proxy(&service("closing", "HTTP", up.port(), "")).await;
+    let c = client();
+    for i in 1..=3 {
+        let r = get(&c, addr(&proxy, "up"), "/x").await;
+        assert_eq!(r.status.as_u16(), 200, "request {i}: {:?}", r.headers);
+        assert_eq!(r.body, "ok", "request {i}");
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            i,
+            "request {i} went over a connection of its own"
+        );
+    }
+}
+
 /// Reads HTTP/1.1 responses with a `content-length` off `s` until `count` have come; returns
 /// each one's status line and body.
 async fn read_responses(s: &mut TcpStream, count: usize) -> Vec<(String, Vec<u8>)> {
