@@ -370,6 +370,131 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_answering_without_a_body_serves_request_after_request() {
+        let (addr, accepted) = upstream_answering(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        let pool = pool(Duration::from_secs(90), None);
+        for _ in 0..5 {
+            assert_eq!(get(&pool, &addr).await, "");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    /// An upstream that answers one request with a chunked body, each chunk sent when `go`
+    /// hands it over, the body ended when `go` closes.
+    async fn streaming_upstream(go: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut go = go;
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut have = Vec::new();
+            while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => have.extend_from_slice(&buf[..n]),
+                }
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            while let Some(chunk) = go.recv().await {
+                let head = format!("{:x}\r\n", chunk.len());
+                s.write_all(head.as_bytes()).await.unwrap();
+                s.write_all(&chunk).await.unwrap();
+                s.write_all(b"\r\n").await.unwrap();
+            }
+            s.write_all(b"0\r\n\r\n").await.unwrap();
+            // Keeps the connection open, as a keep-alive upstream would.
+            let _ = s.read(&mut buf).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_body_arriving_after_its_head_is_read_as_it_comes() {
+        let (go, rx) = tokio::sync::mpsc::unbounded_channel();
+        let addr = streaming_upstream(rx).await;
+        let pool = pool(Duration::from_secs(90), None);
+        let req = Request::builder()
+            .uri("/")
+            .header("host", &addr)
+            .body(crate::body::empty())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), pool.send(&addr, req))
+            .await
+            .expect("no response head")
+            .unwrap();
+        let mut body = resp.into_body();
+        // Each chunk is sent only after the one before has been read through the pool: a
+        // body that waited for the whole response would stall here.
+        for i in 0..3u8 {
+            go.send(vec![b'a' + i; 100]).unwrap();
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .expect("a chunk sent by the upstream never arrived")
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame.into_data().unwrap(), vec![b'a' + i; 100]);
+        }
+        // A megabyte in one go: more than the connection can hand over at once.
+        go.send(vec![b'z'; 1 << 20]).unwrap();
+        drop(go);
+        let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .expect("the rest of the body never arrived")
+            .unwrap()
+            .to_bytes();
+        assert_eq!(rest.len(), 1 << 20);
+        assert_eq!(
+            pool.idle_count(),
+            1,
+            "the connection goes back once the body has ended"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_is_not_lent() {
+        // Answers one request per connection and closes it without saying so.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let closed = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut have = Vec::new();
+                    while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => have.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    drop(s);
+                    let _ = closed.send(());
+                });
+            }
+        });
+        let pool = pool(Duration::from_secs(90), None);
+        for _ in 0..3 {
+            assert_eq!(get(&pool, &addr).await, "ok");
+            tokio::time::timeout(Duration::from_secs(10), closed_rx.recv())
+                .await
+                .expect("upstream never closed its connection");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
     async fn max_requests_per_connection_opens_a_new_connection() {
         let (addr, accepted) = upstream().await;
         let pool = pool(Duration::from_secs(90), Some(2));
