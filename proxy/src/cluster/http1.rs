@@ -348,12 +348,16 @@ mod tests {
         ))
     }
 
-    async fn get(pool: &Arc<Http1Pool>, authority: &str) -> Bytes {
-        let req = Request::builder()
+    fn get_request(authority: &str) -> Request<Body> {
+        Request::builder()
             .uri("/")
             .header("host", authority)
             .body(crate::body::empty())
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn get(pool: &Arc<Http1Pool>, authority: &str) -> Bytes {
+        let req = get_request(authority);
         let resp = pool.send(authority, req).await.unwrap();
         resp.into_body().collect().await.unwrap().to_bytes()
     }
@@ -380,6 +384,19 @@ mod tests {
         assert_eq!(pool.idle_count(), 1);
     }
 
+    /// Reads a request head; false if the connection ended first.
+    async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = vec![0u8; 4096];
+        let mut have = Vec::new();
+        while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => have.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
+
     /// An upstream that answers one request with a chunked body, each chunk sent when `go`
     /// hands it over, the body ended when `go` closes.
     async fn streaming_upstream(go: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) -> String {
@@ -388,13 +405,8 @@ mod tests {
         tokio::spawn(async move {
             let mut go = go;
             let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let mut have = Vec::new();
-            while !have.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => have.extend_from_slice(&buf[..n]),
-                }
+            if !read_head(&mut s).await {
+                return;
             }
             s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
                 .await
@@ -407,7 +419,7 @@ mod tests {
             }
             s.write_all(b"0\r\n\r\n").await.unwrap();
             // Keeps the connection open, as a keep-alive upstream would.
-            let _ = s.read(&mut buf).await;
+            let _ = s.read(&mut [0u8; 64]).await;
         });
         addr
     }
@@ -417,11 +429,7 @@ mod tests {
         let (go, rx) = tokio::sync::mpsc::unbounded_channel();
         let addr = streaming_upstream(rx).await;
         let pool = pool(Duration::from_secs(90), None);
-        let req = Request::builder()
-            .uri("/")
-            .header("host", &addr)
-            .body(crate::body::empty())
-            .unwrap();
+        let req = get_request(&addr);
         let resp = tokio::time::timeout(Duration::from_secs(10), pool.send(&addr, req))
             .await
             .expect("no response head")
@@ -468,13 +476,8 @@ mod tests {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let closed = closed_tx.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut have = Vec::new();
-                    while !have.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => have.extend_from_slice(&buf[..n]),
-                        }
+                    if !read_head(&mut s).await {
+                        return;
                     }
                     let _ = s
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -538,11 +541,7 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         drop(resp);
         assert_eq!(pool.idle_count(), 0);
-        let next = Request::builder()
-            .uri("/")
-            .header("host", &addr)
-            .body(crate::body::empty())
-            .unwrap();
+        let next = get_request(&addr);
         let resp = tokio::time::timeout(Duration::from_secs(10), pool.send(&addr, next))
             .await
             .expect("a request waited behind an unfinished upload")
@@ -556,11 +555,7 @@ mod tests {
     async fn a_body_dropped_unread_closes_its_connection() {
         let (addr, accepted) = upstream().await;
         let pool = pool(Duration::from_secs(90), None);
-        let req = Request::builder()
-            .uri("/")
-            .header("host", &addr)
-            .body(crate::body::empty())
-            .unwrap();
+        let req = get_request(&addr);
         let resp = pool.send(&addr, req).await.unwrap();
         drop(resp);
         assert_eq!(pool.idle_count(), 0);
