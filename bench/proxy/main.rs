@@ -9,6 +9,12 @@
 //! by a quarter within minutes, so chains measured minutes apart are not comparable, and one
 //! sample each is not enough. The tables show medians over the rounds; a latency added over
 //! direct is the median of each round's difference to the direct run just before it.
+//!
+//! Trellis and HAProxy with the same number of hops are measured back to back, and which of
+//! the two goes first changes every round (which pair goes first, every other round): the
+//! chain measured first in a pair was measured to read up to 2 % faster, so a fixed order
+//! would tilt a comparison whose goals are judged within a few per cent. The last table
+//! compares each pair round by round.
 #![forbid(unsafe_code)]
 
 use std::net::TcpStream;
@@ -51,10 +57,11 @@ struct Args {
     /// Connections of every run.
     #[arg(long, default_value_t = 32)]
     connections: u32,
-    /// Times every measurement is repeated, each chain in turn; tables show medians. Five:
+    /// Times every measurement is repeated, each chain in turn; tables show medians. Six:
     /// with three, the same binary's HTTP/2 rate read 94 % of HAProxy's in one run and 104 %
-    /// in the next, an hour apart.
-    #[arg(long, default_value_t = 5)]
+    /// in the next, an hour apart; an even number lets Trellis and HAProxy each go first in
+    /// half the rounds.
+    #[arg(long, default_value_t = 6)]
     rounds: usize,
     /// Where configs and logs go (default: a temporary directory, removed afterwards).
     #[arg(long)]
@@ -589,34 +596,76 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Every chain measured `args.rounds` times, each measurement taken for all chains in turn;
-/// the first chain is `direct`.
-fn measure_all(args: &Args, chains: &[Chain], tick: f64) -> anyhow::Result<Vec<ChainResult>> {
+/// A Trellis chain and the HAProxy chain with as many hops, by index into the chains.
+#[derive(Clone, Copy)]
+struct Pair {
+    trellis: usize,
+    haproxy: usize,
+}
+
+/// The order in which a round measures the chains: `direct` (index 0) first, as the baseline
+/// of the latencies added, then each pair back to back. Trellis goes first in its pair in
+/// even rounds and HAProxy in odd ones; the pairs swap places every two rounds, so over four
+/// rounds every chain takes every place its pair allows.
+fn round_order(round: usize, pairs: &[Pair]) -> Vec<usize> {
+    let mut pairs = pairs.to_vec();
+    if (round / 2) % 2 == 1 {
+        pairs.reverse();
+    }
+    let mut order = vec![0];
+    for p in pairs {
+        if round.is_multiple_of(2) {
+            order.extend([p.trellis, p.haproxy]);
+        } else {
+            order.extend([p.haproxy, p.trellis]);
+        }
+    }
+    order
+}
+
+/// Every chain measured `args.rounds` times, each measurement taken for all chains in turn
+/// in the round's order (`round_order`); the first chain is `direct`.
+fn measure_all(
+    args: &Args,
+    chains: &[Chain],
+    pairs: &[Pair],
+    tick: f64,
+) -> anyhow::Result<(Vec<ChainResult>, Vec<PairResult>)> {
     for c in chains {
         c.warm_up(args);
     }
     let mut rounds: Vec<Vec<Round>> = chains.iter().map(|_| Vec::new()).collect();
     let mut peaks = vec![0.0; chains.len()];
     for round in 0..args.rounds.max(1) {
-        eprintln!("round {} of {}", round + 1, args.rounds.max(1));
+        let order = round_order(round, pairs);
+        let names: Vec<&str> = order.iter().map(|&i| chains[i].name).collect();
+        eprintln!(
+            "round {} of {}: {}",
+            round + 1,
+            args.rounds.max(1),
+            names.join(", ")
+        );
         let mut open: Vec<Vec<OpenLoop>> = chains.iter().map(|_| Vec::new()).collect();
         for (r, &rate) in args.rates.iter().enumerate() {
-            for (i, c) in chains.iter().enumerate() {
-                open[i].push(c.open_loop(args, rate, tick)?);
+            for &i in &order {
+                open[i].push(chains[i].open_loop(args, rate, tick)?);
                 if round == 0 && r == 0 {
-                    peaks[i] = c.peak_rss_mib();
+                    peaks[i] = chains[i].peak_rss_mib();
                 }
             }
         }
-        let mut closed = Vec::new();
-        for c in chains {
-            closed.push(c.closed_loop(args, tick)?);
+        let mut closed: Vec<Option<ClosedLoop>> = chains.iter().map(|_| None).collect();
+        for &i in &order {
+            closed[i] = Some(chains[i].closed_loop(args, tick)?);
         }
-        let mut http2 = Vec::new();
-        for c in chains {
-            http2.push(c.http2(args, tick)?);
+        let mut http2: Vec<Option<Http2>> = chains.iter().map(|_| None).collect();
+        for &i in &order {
+            http2[i] = chains[i].http2(args, tick)?;
         }
         for (i, ((o, c), h)) in open.into_iter().zip(closed).zip(http2).enumerate() {
+            let Some(c) = c else {
+                bail!("round {round} did not measure {}", chains[i].name);
+            };
             rounds[i].push(Round {
                 open: o,
                 closed: c,
@@ -624,6 +673,10 @@ fn measure_all(args: &Args, chains: &[Chain], tick: f64) -> anyhow::Result<Vec<C
             });
         }
     }
+    let paired = pairs
+        .iter()
+        .map(|p| compare_pair(args, chains, &rounds, *p))
+        .collect();
     let direct = &rounds[0];
     let mut results = Vec::new();
     for (i, chain) in chains.iter().enumerate() {
@@ -693,7 +746,50 @@ fn measure_all(args: &Args, chains: &[Chain], tick: f64) -> anyhow::Result<Vec<C
             proxies: chain.procs.pids().len(),
         });
     }
-    Ok(results)
+    Ok((results, paired))
+}
+
+/// A Trellis chain against the HAProxy chain with as many hops, from the rounds in which the
+/// two were measured back to back.
+struct PairResult {
+    trellis: &'static str,
+    haproxy: &'static str,
+    /// Closed loop: Trellis's req/s as a share of HAProxy's, one per round.
+    closed_ratio: Vec<f64>,
+    /// HTTP/2: the same; empty without h2load.
+    http2_ratio: Vec<f64>,
+    /// Per open-loop rate: Trellis's p99 minus HAProxy's in ms, one per round. Both add to
+    /// the same direct run, so this is the difference of their added p99s.
+    p99_diff: Vec<Vec<f64>>,
+}
+
+fn compare_pair(args: &Args, chains: &[Chain], rounds: &[Vec<Round>], p: Pair) -> PairResult {
+    let (t, h) = (&rounds[p.trellis], &rounds[p.haproxy]);
+    let closed_ratio = t
+        .iter()
+        .zip(h)
+        .map(|(t, h)| t.closed.rps / h.closed.rps)
+        .collect();
+    let http2_ratio = t
+        .iter()
+        .zip(h)
+        .filter_map(|(t, h)| Some(t.http2.as_ref()?.rps / h.http2.as_ref()?.rps))
+        .collect();
+    let p99_diff = (0..args.rates.len())
+        .map(|r| {
+            t.iter()
+                .zip(h)
+                .map(|(t, h)| t.open[r].pct[2] - h.open[r].pct[2])
+                .collect()
+        })
+        .collect();
+    PairResult {
+        trellis: chains[p.trellis].name,
+        haproxy: chains[p.haproxy].name,
+        closed_ratio,
+        http2_ratio,
+        p99_diff,
+    }
 }
 
 fn per_1k(cpu: f64, requests: u64) -> f64 {
@@ -847,7 +943,19 @@ fn main() -> anyhow::Result<()> {
             procs,
         });
     }
-    let results = measure_all(&args, &chains, tick)?;
+    // The chains were pushed in this order: direct, trellis x1, trellis x2, haproxy x1,
+    // haproxy x2.
+    let pairs = [
+        Pair {
+            trellis: 1,
+            haproxy: 3,
+        },
+        Pair {
+            trellis: 2,
+            haproxy: 4,
+        },
+    ];
+    let (results, paired) = measure_all(&args, &chains, &pairs, tick)?;
     drop(chains);
     let counted = if h2 {
         count_instructions(&args, &trellis, &dir, nginx_port)?
@@ -856,6 +964,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     print_tables(&args, &results);
+    print_pairs(&args, &paired);
     print_instructions(&args, &counted);
     Ok(())
 }
@@ -1173,5 +1282,96 @@ fn print_tables(args: &Args, results: &[ChainResult]) {
             r.closed.cpu_per_1k,
             r.peak_rss_mib
         );
+    }
+}
+
+/// The goals, judged pair by pair on what was measured back to back: throughput at least
+/// HAProxy's (the median of the rounds' ratios at least 100 %) and added p99 no worse (the
+/// median of the rounds' differences at most zero).
+fn print_pairs(args: &Args, pairs: &[PairResult]) {
+    println!(
+        "\n### Trellis against HAProxy round by round ({} rounds; each pair measured back to back, each first in half the rounds)\n",
+        args.rounds.max(1)
+    );
+    println!("| chains | measure | median of the rounds | rounds' range | Trellis ahead | goal |");
+    println!("|--------|---------|----------------------|---------------|---------------|------|");
+    let n = args.rounds.max(1);
+    for p in pairs {
+        let chains = format!("{} / {}", p.trellis, p.haproxy);
+        let ratio_row = |measure: &str, v: &[f64]| {
+            if v.is_empty() {
+                return;
+            }
+            let (lo, hi) = range(v);
+            let med = median(v.to_vec());
+            println!(
+                "| {chains} | {measure} | {:.1} % | {:.1}–{:.1} % | {} of {n} | {} |",
+                100.0 * med,
+                100.0 * lo,
+                100.0 * hi,
+                v.iter().filter(|&&x| x >= 1.0).count(),
+                if med >= 1.0 { "met" } else { "missed" }
+            );
+        };
+        ratio_row("closed loop req/s", &p.closed_ratio);
+        ratio_row("HTTP/2 req/s", &p.http2_ratio);
+        for (rate, v) in args.rates.iter().zip(&p.p99_diff) {
+            let (lo, hi) = range(v);
+            let med = median(v.clone());
+            println!(
+                "| {chains} | added p99 at {rate} rps | {med:+.3} ms | {lo:+.3} to {hi:+.3} ms | {} of {n} | {} |",
+                v.iter().filter(|&&x| x <= 0.0).count(),
+                if med <= 0.0 { "met" } else { "missed" }
+            );
+        }
+    }
+}
+
+fn range(v: &[f64]) -> (f64, f64) {
+    (
+        v.iter().copied().fold(f64::INFINITY, f64::min),
+        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Pair, round_order};
+
+    #[test]
+    fn every_proxy_goes_first_in_its_pair_in_half_the_rounds() {
+        let pairs = [
+            Pair {
+                trellis: 1,
+                haproxy: 3,
+            },
+            Pair {
+                trellis: 2,
+                haproxy: 4,
+            },
+        ];
+        let orders: Vec<Vec<usize>> = (0..4).map(|r| round_order(r, &pairs)).collect();
+        assert_eq!(
+            orders,
+            vec![
+                vec![0, 1, 3, 2, 4],
+                vec![0, 3, 1, 4, 2],
+                vec![0, 2, 4, 1, 3],
+                vec![0, 4, 2, 3, 1],
+            ]
+        );
+        for chain in 1..=4 {
+            let places: Vec<usize> = orders
+                .iter()
+                .map(|o| o.iter().position(|&c| c == chain).unwrap())
+                .collect();
+            let mut sorted = places.clone();
+            sorted.sort_unstable();
+            assert_eq!(
+                sorted,
+                vec![1, 2, 3, 4],
+                "chain {chain} took places {places:?}"
+            );
+        }
     }
 }
