@@ -5,16 +5,17 @@
 //! 1,000 requests and their peak RSS, and prints one table per metric group.
 //!
 //! All chains run at once, idle but for the one under load, and every measurement is taken
-//! for each chain in turn, then again, for `--rounds` rounds: a shared machine's speed drifts
+//! for each chain in turn, then again, for `--rounds` rounds, each on freshly started
+//! proxies (`measure_all` says why): a shared machine's speed drifts
 //! by a quarter within minutes, so chains measured minutes apart are not comparable, and one
 //! sample each is not enough. The tables show medians over the rounds; a latency added over
 //! direct is the median of each round's difference to the direct run just before it.
 //!
 //! Trellis and HAProxy with the same number of hops are measured back to back, and which of
-//! the two goes first changes every round (which pair goes first, every other round): the
-//! chain measured first in a pair was measured to read up to 2 % faster, so a fixed order
-//! would tilt a comparison whose goals are judged within a few per cent. The last table
-//! compares each pair round by round.
+//! the two goes first changes every round (which pair goes first, every other round): two
+//! builds measured both ways round read about 1.3 % faster when measured first, so a fixed
+//! order would tilt a comparison whose goals are judged within a few per cent. The last
+//! table compares each pair round by round.
 #![forbid(unsafe_code)]
 
 use std::net::TcpStream;
@@ -505,22 +506,58 @@ impl Chain {
             .fold(0.0, f64::max)
     }
 
-    /// Connections, pools, allocator: one second at the lowest rate.
+    /// Connections, pools, allocator, for every load a round brings: a second each over
+    /// HTTP/2 (where the chain takes it), in a closed loop and, last, as the first
+    /// measurement will, at the lowest rate.
     fn warm_up(&self, args: &Args) {
-        let _ = Command::new(&args.oha)
-            .args([
+        let url = format!("http://127.0.0.1:{}/", self.port);
+        let connections = args.connections.to_string();
+        let streams = args.h2_streams.to_string();
+        let rate = args.rates.first().copied().unwrap_or(1000).to_string();
+        let h2_url = self.h2_port.map(|p| format!("http://127.0.0.1:{p}/"));
+        let mut loads = Vec::new();
+        if let Some(h2_url) = &h2_url {
+            loads.push((
+                &args.h2load,
+                vec![
+                    "-t",
+                    "1",
+                    "-c",
+                    &connections,
+                    "-m",
+                    &streams,
+                    "-D",
+                    "1",
+                    h2_url,
+                ],
+            ));
+        }
+        loads.push((
+            &args.wrk,
+            vec!["-t", "1", "-c", &connections, "-d", "1s", &url],
+        ));
+        loads.push((
+            &args.oha,
+            vec![
                 "--no-tui",
                 "-z",
                 "1s",
                 "-q",
-                &args.rates.first().copied().unwrap_or(1000).to_string(),
+                &rate,
                 "-c",
-                &args.connections.to_string(),
-                &format!("http://127.0.0.1:{}/", self.port),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+                &connections,
+                &url,
+            ],
+        ));
+        for (bin, load) in loads {
+            // A load that fails here fails again, with its message, when it is measured.
+            let _ = Command::new(bin)
+                .args(load)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 
     fn open_loop(&self, args: &Args, rate: u32, tick: f64) -> anyhow::Result<OpenLoop> {
@@ -624,19 +661,33 @@ fn round_order(round: usize, pairs: &[Pair]) -> Vec<usize> {
 }
 
 /// Every chain measured `args.rounds` times, each measurement taken for all chains in turn
-/// in the round's order (`round_order`); the first chain is `direct`.
+/// in the round's order (`round_order`); the first chain is `direct`. Each round runs on
+/// proxies of its own, started by `start` and warmed up before it and stopped after it: a
+/// process keeps its own luck for its whole life (where its memory and threads landed), and
+/// in one run with the same processes throughout, one chain's p99 at 1,000 rps was behind
+/// its peer's in all six rounds and the other chain's in none, the other way round in the
+/// next run.
 fn measure_all(
     args: &Args,
-    chains: &[Chain],
+    start: &dyn Fn(usize) -> anyhow::Result<Vec<Chain>>,
     pairs: &[Pair],
     tick: f64,
 ) -> anyhow::Result<(Vec<ChainResult>, Vec<PairResult>)> {
-    for c in chains {
-        c.warm_up(args);
-    }
-    let mut rounds: Vec<Vec<Round>> = chains.iter().map(|_| Vec::new()).collect();
-    let mut peaks = vec![0.0; chains.len()];
+    let mut rounds: Vec<Vec<Round>> = Vec::new();
+    let mut peaks = Vec::new();
+    let mut chain_names = Vec::new();
+    let mut proxies = Vec::new();
     for round in 0..args.rounds.max(1) {
+        let chains = start(round)?;
+        if round == 0 {
+            rounds = chains.iter().map(|_| Vec::new()).collect();
+            peaks = vec![0.0; chains.len()];
+            chain_names = chains.iter().map(|c| c.name).collect();
+            proxies = chains.iter().map(|c| c.procs.pids().len()).collect();
+        }
+        for c in &chains {
+            c.warm_up(args);
+        }
         let order = round_order(round, pairs);
         let names: Vec<&str> = order.iter().map(|&i| chains[i].name).collect();
         eprintln!(
@@ -675,11 +726,11 @@ fn measure_all(
     }
     let paired = pairs
         .iter()
-        .map(|p| compare_pair(args, chains, &rounds, *p))
+        .map(|p| compare_pair(args, &chain_names, &rounds, *p))
         .collect();
     let direct = &rounds[0];
     let mut results = Vec::new();
-    for (i, chain) in chains.iter().enumerate() {
+    for (i, &name) in chain_names.iter().enumerate() {
         let mine = &rounds[i];
         let of = |f: &dyn Fn(&Round) -> f64| median(mine.iter().map(f).collect());
         let open = (0..args.rates.len())
@@ -736,14 +787,14 @@ fn measure_all(
             None
         };
         results.push(ChainResult {
-            name: chain.name,
+            name,
             open,
             added,
             closed,
             closed_range,
             http2,
             peak_rss_mib: peaks[i],
-            proxies: chain.procs.pids().len(),
+            proxies: proxies[i],
         });
     }
     Ok((results, paired))
@@ -763,7 +814,7 @@ struct PairResult {
     p99_diff: Vec<Vec<f64>>,
 }
 
-fn compare_pair(args: &Args, chains: &[Chain], rounds: &[Vec<Round>], p: Pair) -> PairResult {
+fn compare_pair(args: &Args, names: &[&'static str], rounds: &[Vec<Round>], p: Pair) -> PairResult {
     let (t, h) = (&rounds[p.trellis], &rounds[p.haproxy]);
     let closed_ratio = t
         .iter()
@@ -784,8 +835,8 @@ fn compare_pair(args: &Args, chains: &[Chain], rounds: &[Vec<Round>], p: Pair) -
         })
         .collect();
     PairResult {
-        trellis: chains[p.trellis].name,
-        haproxy: chains[p.haproxy].name,
+        trellis: names[p.trellis],
+        haproxy: names[p.haproxy],
         closed_ratio,
         http2_ratio,
         p99_diff,
@@ -849,6 +900,50 @@ fn main() -> anyhow::Result<()> {
     let nginx_port = free_port()?;
     let nginx_h2_port = free_port()?;
     let _nginx = start_nginx(&args.nginx, &dir, nginx_port, nginx_h2_port)?;
+    // As `start_chains` orders them: direct, trellis x1, trellis x2, haproxy x1, haproxy x2.
+    let pairs = [
+        Pair {
+            trellis: 1,
+            haproxy: 3,
+        },
+        Pair {
+            trellis: 2,
+            haproxy: 4,
+        },
+    ];
+    let start = |round: usize| {
+        start_chains(
+            &args,
+            &trellis,
+            &dir.join(format!("round-{}", round + 1)),
+            (nginx_port, nginx_h2_port),
+            h2,
+        )
+    };
+    let (results, paired) = measure_all(&args, &start, &pairs, tick)?;
+    let counted = if h2 {
+        count_instructions(&args, &trellis, &dir, nginx_port)?
+    } else {
+        Vec::new()
+    };
+
+    print_tables(&args, &results);
+    print_pairs(&args, &paired);
+    print_instructions(&args, &counted);
+    Ok(())
+}
+
+/// nginx reached directly, then fresh proxies for the other chains, in this order: direct,
+/// trellis x1, trellis x2, haproxy x1, haproxy x2. Configs and logs go under `dir`.
+fn start_chains(
+    args: &Args,
+    trellis: &Path,
+    dir: &Path,
+    nginx: (u16, u16),
+    h2: bool,
+) -> anyhow::Result<Vec<Chain>> {
+    std::fs::create_dir_all(dir)?;
+    let (nginx_port, nginx_h2_port) = nginx;
     let h2_of = |port: u16| h2.then_some(port);
     let mut chains = vec![Chain {
         name: "direct",
@@ -859,8 +954,8 @@ fn main() -> anyhow::Result<()> {
     {
         let mut procs = Processes::default();
         let port = start_trellis(
-            &trellis,
-            &dir,
+            trellis,
+            dir,
             "trellis1",
             Some((free_port()?, nginx_port)),
             None,
@@ -876,16 +971,16 @@ fn main() -> anyhow::Result<()> {
     {
         let mut procs = Processes::default();
         let inbound = start_trellis(
-            &trellis,
-            &dir,
+            trellis,
+            dir,
             "trellis2-server",
             None,
             Some((free_port()?, nginx_port)),
             &mut procs,
         )?;
         let port = start_trellis(
-            &trellis,
-            &dir,
+            trellis,
+            dir,
             "trellis2-client",
             Some((free_port()?, inbound)),
             None,
@@ -901,14 +996,7 @@ fn main() -> anyhow::Result<()> {
     {
         let mut procs = Processes::default();
         let port = free_port()?;
-        start_haproxy(
-            &args.haproxy,
-            &dir,
-            "haproxy1",
-            port,
-            nginx_port,
-            &mut procs,
-        )?;
+        start_haproxy(&args.haproxy, dir, "haproxy1", port, nginx_port, &mut procs)?;
         chains.push(Chain {
             name: "haproxy x1",
             port,
@@ -921,7 +1009,7 @@ fn main() -> anyhow::Result<()> {
         let server = free_port()?;
         start_haproxy(
             &args.haproxy,
-            &dir,
+            dir,
             "haproxy2-server",
             server,
             nginx_port,
@@ -930,7 +1018,7 @@ fn main() -> anyhow::Result<()> {
         let port = free_port()?;
         start_haproxy(
             &args.haproxy,
-            &dir,
+            dir,
             "haproxy2-client",
             port,
             server,
@@ -943,30 +1031,7 @@ fn main() -> anyhow::Result<()> {
             procs,
         });
     }
-    // The chains were pushed in this order: direct, trellis x1, trellis x2, haproxy x1,
-    // haproxy x2.
-    let pairs = [
-        Pair {
-            trellis: 1,
-            haproxy: 3,
-        },
-        Pair {
-            trellis: 2,
-            haproxy: 4,
-        },
-    ];
-    let (results, paired) = measure_all(&args, &chains, &pairs, tick)?;
-    drop(chains);
-    let counted = if h2 {
-        count_instructions(&args, &trellis, &dir, nginx_port)?
-    } else {
-        Vec::new()
-    };
-
-    print_tables(&args, &results);
-    print_pairs(&args, &paired);
-    print_instructions(&args, &counted);
-    Ok(())
+    Ok(chains)
 }
 
 /// Whether `bin --version` runs; if not, says which Debian package has it and what is skipped.
