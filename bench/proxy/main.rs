@@ -475,7 +475,8 @@ struct ChainResult {
     closed_range: (f64, f64),
     /// `None` when h2load is not installed.
     http2: Option<Http2>,
-    /// Largest VmHWM among the chain's proxies after its first run at the first rate.
+    /// Largest VmHWM among the chain's proxies after one run at the first rate, freshly
+    /// started and before any other load.
     peak_rss_mib: f64,
     proxies: usize,
 }
@@ -685,6 +686,19 @@ fn measure_all(
             chain_names = chains.iter().map(|c| c.name).collect();
             proxies = chains.iter().map(|c| c.procs.pids().len()).collect();
         }
+        if round == 0 {
+            // Peak RSS at the lowest rate, before the warm-up's heavier loads raise it: each
+            // chain's freshly started proxies, one run at that rate, their VmHWM after it.
+            let rate = args.rates.first().copied().unwrap_or(1000);
+            for (i, c) in chains.iter().enumerate() {
+                if c.procs.pids().is_empty() {
+                    continue;
+                }
+                eprintln!("peak RSS of {} at {rate} rps:", c.name);
+                c.open_loop(args, rate, tick)?;
+                peaks[i] = c.peak_rss_mib();
+            }
+        }
         for c in &chains {
             c.warm_up(args);
         }
@@ -697,12 +711,9 @@ fn measure_all(
             names.join(", ")
         );
         let mut open: Vec<Vec<OpenLoop>> = chains.iter().map(|_| Vec::new()).collect();
-        for (r, &rate) in args.rates.iter().enumerate() {
+        for &rate in &args.rates {
             for &i in &order {
                 open[i].push(chains[i].open_loop(args, rate, tick)?);
-                if round == 0 && r == 0 {
-                    peaks[i] = chains[i].peak_rss_mib();
-                }
             }
         }
         let mut closed: Vec<Option<ClosedLoop>> = chains.iter().map(|_| None).collect();
