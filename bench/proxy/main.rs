@@ -641,6 +641,19 @@ struct Pair {
     haproxy: usize,
 }
 
+/// The pairs among the chains as `start_chains` orders them: direct, trellis x1, trellis x2,
+/// haproxy x1, haproxy x2.
+const PAIRS: [Pair; 2] = [
+    Pair {
+        trellis: 1,
+        haproxy: 3,
+    },
+    Pair {
+        trellis: 2,
+        haproxy: 4,
+    },
+];
+
 /// The order in which a round measures the chains: `direct` (index 0) first, as the baseline
 /// of the latencies added, then each pair back to back. Trellis goes first in its pair in
 /// even rounds and HAProxy in odd ones; the pairs swap places every two rounds, so over four
@@ -911,17 +924,6 @@ fn main() -> anyhow::Result<()> {
     let nginx_port = free_port()?;
     let nginx_h2_port = free_port()?;
     let _nginx = start_nginx(&args.nginx, &dir, nginx_port, nginx_h2_port)?;
-    // As `start_chains` orders them: direct, trellis x1, trellis x2, haproxy x1, haproxy x2.
-    let pairs = [
-        Pair {
-            trellis: 1,
-            haproxy: 3,
-        },
-        Pair {
-            trellis: 2,
-            haproxy: 4,
-        },
-    ];
     let start = |round: usize| {
         start_chains(
             &args,
@@ -931,7 +933,7 @@ fn main() -> anyhow::Result<()> {
             h2,
         )
     };
-    let (results, paired) = measure_all(&args, &start, &pairs, tick)?;
+    let (results, paired) = measure_all(&args, &start, &PAIRS, tick)?;
     let counted = if h2 {
         count_instructions(&args, &trellis, &dir, nginx_port)?
     } else {
@@ -1412,21 +1414,11 @@ fn range(v: &[f64]) -> (f64, f64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Pair, round_order};
+    use super::{PAIRS, round_order};
 
     #[test]
     fn every_proxy_goes_first_in_its_pair_in_half_the_rounds() {
-        let pairs = [
-            Pair {
-                trellis: 1,
-                haproxy: 3,
-            },
-            Pair {
-                trellis: 2,
-                haproxy: 4,
-            },
-        ];
-        let orders: Vec<Vec<usize>> = (0..4).map(|r| round_order(r, &pairs)).collect();
+        let orders: Vec<Vec<usize>> = (0..4).map(|r| round_order(r, &PAIRS)).collect();
         assert_eq!(
             orders,
             vec![
