@@ -660,7 +660,7 @@ const PAIRS: [Pair; 2] = [
 /// rounds every chain takes every place its pair allows.
 fn round_order(round: usize, pairs: &[Pair]) -> Vec<usize> {
     let mut pairs = pairs.to_vec();
-    if (round / 2) % 2 == 1 {
+    if !(round / 2).is_multiple_of(2) {
         pairs.reverse();
     }
     let mut order = vec![0];
@@ -698,8 +698,6 @@ fn measure_all(
             peaks = vec![0.0; chains.len()];
             chain_names = chains.iter().map(|c| c.name).collect();
             proxies = chains.iter().map(|c| c.procs.pids().len()).collect();
-        }
-        if round == 0 {
             // Peak RSS at the lowest rate, before the warm-up's heavier loads raise it: each
             // chain's freshly started proxies, one run at that rate, their VmHWM after it.
             let rate = args.rates.first().copied().unwrap_or(1000);
