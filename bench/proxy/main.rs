@@ -776,10 +776,7 @@ fn measure_all(
             })
             .collect();
         let closed_rps: Vec<f64> = mine.iter().map(|x| x.closed.rps).collect();
-        let closed_range = (
-            closed_rps.iter().copied().fold(f64::INFINITY, f64::min),
-            closed_rps.iter().copied().fold(0.0, f64::max),
-        );
+        let closed_range = range(&closed_rps);
         let closed = ClosedLoop {
             rps: median(closed_rps),
             p99_ms: of(&|x| x.closed.p99_ms),
@@ -1403,6 +1400,7 @@ fn print_pairs(args: &Args, pairs: &[PairResult]) {
     }
 }
 
+/// Lowest and highest of `v`.
 fn range(v: &[f64]) -> (f64, f64) {
     (
         v.iter().copied().fold(f64::INFINITY, f64::min),
