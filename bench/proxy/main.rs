@@ -634,42 +634,65 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// A Trellis chain and the HAProxy chain with as many hops, by index into the chains.
+/// Two chains compared round by round, by index into the chains: `chain` is judged against
+/// `against`. In a control pair both are the same proxy with the same config, so whatever
+/// separates them is the benchmark's own noise.
 #[derive(Clone, Copy)]
 struct Pair {
-    trellis: usize,
-    haproxy: usize,
+    chain: usize,
+    against: usize,
+    control: bool,
 }
 
-/// The pairs among the chains as `start_chains` orders them: direct, trellis x1, trellis x2,
-/// haproxy x1, haproxy x2.
-const PAIRS: [Pair; 2] = [
+/// The chains as `start_chains` orders them: direct, trellis x1, trellis x2, haproxy x1,
+/// haproxy x2, haproxy x1 B. Each Trellis chain is judged against the HAProxy chain with as
+/// many hops; a second one-hop HAProxy against the first is the control.
+const PAIRS: [Pair; 3] = [
     Pair {
-        trellis: 1,
-        haproxy: 3,
+        chain: 1,
+        against: 3,
+        control: false,
     },
     Pair {
-        trellis: 2,
-        haproxy: 4,
+        chain: 2,
+        against: 4,
+        control: false,
+    },
+    Pair {
+        chain: 5,
+        against: 3,
+        control: true,
     },
 ];
 
+/// Chains measured next to each other in every round: those with one hop (trellis x1,
+/// haproxy x1, haproxy x1 B) and those with two, so that every pair above is measured in the
+/// same stretch of time and the control pair in the same arrangement as the Trellis one.
+const GROUPS: [&[usize]; 2] = [&[1, 3, 5], &[2, 4]];
+
 /// The order in which a round measures the chains: `direct` (index 0) first, as the baseline
-/// of the latencies added, then each pair back to back. Trellis goes first in its pair in
-/// even rounds and HAProxy in odd ones; the pairs swap places every two rounds, so over four
-/// rounds every chain takes every place its pair allows.
-fn round_order(round: usize, pairs: &[Pair]) -> Vec<usize> {
-    let mut pairs = pairs.to_vec();
-    if !(round / 2).is_multiple_of(2) {
-        pairs.reverse();
-    }
-    let mut order = vec![0];
-    for p in pairs {
-        if round.is_multiple_of(2) {
-            order.extend([p.trellis, p.haproxy]);
-        } else {
-            order.extend([p.haproxy, p.trellis]);
+/// of the latencies added, then each group. Within a group the chains move one place on
+/// every two rounds and run in reverse in odd rounds, so over two rounds every chain goes
+/// before each other one of its group once, and over twice as many rounds as the group has
+/// chains it takes every place equally often. The groups swap places the same way.
+fn round_order(round: usize, groups: &[&[usize]]) -> Vec<usize> {
+    let arrange = |items: &mut Vec<usize>| {
+        if !items.is_empty() {
+            let turn = (round / 2) % items.len();
+            items.rotate_right(turn);
         }
+        if !round.is_multiple_of(2) {
+            items.reverse();
+        }
+    };
+    let mut slots: Vec<usize> = (0..groups.len()).collect();
+    let turn = (round / 2) % groups.len().max(1);
+    slots.rotate_right(turn);
+    let mut order = vec![0];
+    for g in slots {
+        let mut chains = groups[g].to_vec();
+        arrange(&mut chains);
+        order.extend(chains);
     }
     order
 }
@@ -684,6 +707,7 @@ fn round_order(round: usize, pairs: &[Pair]) -> Vec<usize> {
 fn measure_all(
     args: &Args,
     start: &dyn Fn(usize) -> anyhow::Result<Vec<Chain>>,
+    groups: &[&[usize]],
     pairs: &[Pair],
     tick: f64,
 ) -> anyhow::Result<(Vec<ChainResult>, Vec<PairResult>)> {
@@ -713,7 +737,7 @@ fn measure_all(
         for c in &chains {
             c.warm_up(args);
         }
-        let order = round_order(round, pairs);
+        let order = round_order(round, groups);
         let names: Vec<&str> = order.iter().map(|&i| chains[i].name).collect();
         eprintln!(
             "round {} of {}: {}",
@@ -819,22 +843,22 @@ fn measure_all(
     Ok((results, paired))
 }
 
-/// A Trellis chain against the HAProxy chain with as many hops, from the rounds in which the
-/// two were measured back to back.
+/// One chain against another (`Pair`), round by round.
 struct PairResult {
-    trellis: &'static str,
-    haproxy: &'static str,
-    /// Closed loop: Trellis's req/s as a share of HAProxy's, one per round.
+    chain: &'static str,
+    against: &'static str,
+    control: bool,
+    /// Closed loop: the chain's req/s as a share of the other's, one per round.
     closed_ratio: Vec<f64>,
     /// HTTP/2: the same; empty without h2load.
     http2_ratio: Vec<f64>,
-    /// Per open-loop rate: Trellis's p99 minus HAProxy's in ms, one per round. Both add to
-    /// the same direct run, so this is the difference of their added p99s.
+    /// Per open-loop rate: the chain's p99 minus the other's in ms, one per round. Both add
+    /// to the same direct run, so this is the difference of their added p99s.
     p99_diff: Vec<Vec<f64>>,
 }
 
 fn compare_pair(args: &Args, names: &[&'static str], rounds: &[Vec<Round>], p: Pair) -> PairResult {
-    let (t, h) = (&rounds[p.trellis], &rounds[p.haproxy]);
+    let (t, h) = (&rounds[p.chain], &rounds[p.against]);
     let closed_ratio = t
         .iter()
         .zip(h)
@@ -854,8 +878,9 @@ fn compare_pair(args: &Args, names: &[&'static str], rounds: &[Vec<Round>], p: P
         })
         .collect();
     PairResult {
-        trellis: names[p.trellis],
-        haproxy: names[p.haproxy],
+        chain: names[p.chain],
+        against: names[p.against],
+        control: p.control,
         closed_ratio,
         http2_ratio,
         p99_diff,
@@ -928,7 +953,7 @@ fn main() -> anyhow::Result<()> {
             h2,
         )
     };
-    let (results, paired) = measure_all(&args, &start, &PAIRS, tick)?;
+    let (results, paired) = measure_all(&args, &start, &GROUPS, &PAIRS, tick)?;
     let counted = if h2 {
         count_instructions(&args, &trellis, &dir, nginx_port)?
     } else {
@@ -942,7 +967,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// nginx reached directly, then fresh proxies for the other chains, in this order: direct,
-/// trellis x1, trellis x2, haproxy x1, haproxy x2. Configs and logs go under `dir`.
+/// trellis x1, trellis x2, haproxy x1, haproxy x2, haproxy x1 B (the control: haproxy x1
+/// again). Configs and logs go under `dir`.
 fn start_chains(
     args: &Args,
     trellis: &Path,
@@ -1034,6 +1060,24 @@ fn start_chains(
         )?;
         chains.push(Chain {
             name: "haproxy x2",
+            port,
+            h2_port: h2_of(port),
+            procs,
+        });
+    }
+    {
+        let mut procs = Processes::default();
+        let port = free_port()?;
+        start_haproxy(
+            &args.haproxy,
+            dir,
+            "haproxy1-b",
+            port,
+            nginx_port,
+            &mut procs,
+        )?;
+        chains.push(Chain {
+            name: "haproxy x1 B",
             port,
             h2_port: h2_of(port),
             procs,
@@ -1358,19 +1402,25 @@ fn print_tables(args: &Args, results: &[ChainResult]) {
     }
 }
 
-/// The goals, judged pair by pair on what was measured back to back: throughput at least
-/// HAProxy's (the median of the rounds' ratios at least 100 %) and added p99 no worse (the
-/// median of the rounds' differences at most zero).
+/// The goals, judged pair by pair on what was measured in the same stretch of each round:
+/// throughput at least HAProxy's (the median of the rounds' ratios at least 100 %) and added
+/// p99 no worse (the median of the rounds' differences at most zero). The control pair gets
+/// no verdict: its rows are how far apart two identical proxies read in the same run.
 fn print_pairs(args: &Args, pairs: &[PairResult]) {
     println!(
-        "\n### Trellis against HAProxy round by round ({} rounds; each pair measured back to back, each first in half the rounds)\n",
+        "\n### Trellis against HAProxy round by round ({} rounds; the chains with as many hops measured one after another, each first equally often)\n",
         args.rounds.max(1)
     );
-    println!("| chains | measure | median of the rounds | rounds' range | Trellis ahead | goal |");
-    println!("|--------|---------|----------------------|---------------|---------------|------|");
+    println!("| chains | measure | median of the rounds | rounds' range | first ahead | goal |");
+    println!("|--------|---------|----------------------|---------------|-------------|------|");
     let n = args.rounds.max(1);
     for p in pairs {
-        let chains = format!("{} / {}", p.trellis, p.haproxy);
+        let chains = format!("{} / {}", p.chain, p.against);
+        let verdict = |met: bool| match (p.control, met) {
+            (true, _) => "control",
+            (false, true) => "met",
+            (false, false) => "missed",
+        };
         let ratio_row = |measure: &str, v: &[f64]| {
             if v.is_empty() {
                 return;
@@ -1383,7 +1433,7 @@ fn print_pairs(args: &Args, pairs: &[PairResult]) {
                 100.0 * lo,
                 100.0 * hi,
                 v.iter().filter(|&&x| x >= 1.0).count(),
-                if med >= 1.0 { "met" } else { "missed" }
+                verdict(med >= 1.0)
             );
         };
         ratio_row("closed loop req/s", &p.closed_ratio);
@@ -1394,7 +1444,7 @@ fn print_pairs(args: &Args, pairs: &[PairResult]) {
             println!(
                 "| {chains} | added p99 at {rate} rps | {med:+.3} ms | {lo:+.3} to {hi:+.3} ms | {} of {n} | {} |",
                 v.iter().filter(|&&x| x <= 0.0).count(),
-                if med <= 0.0 { "met" } else { "missed" }
+                verdict(med <= 0.0)
             );
         }
     }
@@ -1410,32 +1460,61 @@ fn range(v: &[f64]) -> (f64, f64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{PAIRS, round_order};
+    use super::{GROUPS, PAIRS, round_order};
 
     #[test]
-    fn every_proxy_goes_first_in_its_pair_in_half_the_rounds() {
-        let orders: Vec<Vec<usize>> = (0..4).map(|r| round_order(r, &PAIRS)).collect();
-        assert_eq!(
-            orders,
-            vec![
-                vec![0, 1, 3, 2, 4],
-                vec![0, 3, 1, 4, 2],
-                vec![0, 2, 4, 1, 3],
-                vec![0, 4, 2, 3, 1],
-            ]
-        );
-        for chain in 1..=4 {
-            let places: Vec<usize> = orders
-                .iter()
-                .map(|o| o.iter().position(|&c| c == chain).unwrap())
-                .collect();
-            let mut sorted = places.clone();
-            sorted.sort_unstable();
-            assert_eq!(
-                sorted,
-                vec![1, 2, 3, 4],
-                "chain {chain} took places {places:?}"
-            );
+    fn every_chain_takes_every_place_in_its_group_equally_often() {
+        let rounds = 6;
+        let orders: Vec<Vec<usize>> = (0..rounds).map(|r| round_order(r, &GROUPS)).collect();
+        assert_eq!(orders[0], vec![0, 1, 3, 5, 2, 4]);
+        assert_eq!(orders[1], vec![0, 5, 3, 1, 4, 2]);
+        for o in &orders {
+            let mut chains = o.clone();
+            chains.sort_unstable();
+            assert_eq!(chains, vec![0, 1, 2, 3, 4, 5], "round order {o:?}");
+            assert_eq!(o[0], 0, "direct first: {o:?}");
+        }
+        for group in GROUPS {
+            for &chain in group {
+                let mut places = std::collections::BTreeMap::new();
+                for o in &orders {
+                    let start = group
+                        .iter()
+                        .map(|c| o.iter().position(|x| x == c).unwrap())
+                        .min()
+                        .unwrap();
+                    let at = o.iter().position(|&x| x == chain).unwrap() - start;
+                    *places.entry(at).or_insert(0) += 1;
+                }
+                let counts: Vec<usize> = places.values().copied().collect();
+                assert_eq!(
+                    places.len(),
+                    group.len(),
+                    "chain {chain} took places {places:?}"
+                );
+                assert!(
+                    counts.iter().all(|&c| c == rounds / group.len()),
+                    "chain {chain} took places {places:?}"
+                );
+            }
+        }
+        // Every compared pair: each chain measured before the other in half the rounds,
+        // and in each two rounds in a row.
+        for p in PAIRS {
+            for two in orders.chunks(2) {
+                let first: Vec<bool> = two
+                    .iter()
+                    .map(|o| {
+                        o.iter().position(|&x| x == p.chain)
+                            < o.iter().position(|&x| x == p.against)
+                    })
+                    .collect();
+                assert_ne!(
+                    first[0], first[1],
+                    "pair {}/{} in {two:?}",
+                    p.chain, p.against
+                );
+            }
         }
     }
 }
