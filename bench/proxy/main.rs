@@ -645,9 +645,10 @@ struct Pair {
 }
 
 /// The chains as `start_chains` orders them: direct, trellis x1, trellis x2, haproxy x1,
-/// haproxy x2, haproxy x1 B. Each Trellis chain is judged against the HAProxy chain with as
-/// many hops; a second one-hop HAProxy against the first is the control.
-const PAIRS: [Pair; 3] = [
+/// haproxy x2, haproxy x1 B, haproxy x2 B. Each Trellis chain is judged against the HAProxy
+/// chain with as many hops; a second HAProxy chain against the first, with each number of
+/// hops, is the control.
+const PAIRS: [Pair; 4] = [
     Pair {
         chain: 1,
         against: 3,
@@ -663,12 +664,17 @@ const PAIRS: [Pair; 3] = [
         against: 3,
         control: true,
     },
+    Pair {
+        chain: 6,
+        against: 4,
+        control: true,
+    },
 ];
 
 /// Chains measured next to each other in every round: those with one hop (trellis x1,
 /// haproxy x1, haproxy x1 B) and those with two, so that every pair above is measured in the
-/// same stretch of time and the control pair in the same arrangement as the Trellis one.
-const GROUPS: [&[usize]; 2] = [&[1, 3, 5], &[2, 4]];
+/// same stretch of time and each control pair in the same arrangement as the Trellis one.
+const GROUPS: [&[usize]; 2] = [&[1, 3, 5], &[2, 4, 6]];
 
 /// The order in which a round measures the chains: `direct` (index 0) first, as the baseline
 /// of the latencies added, then each group. Within a group the chains move one place on
@@ -967,8 +973,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// nginx reached directly, then fresh proxies for the other chains, in this order: direct,
-/// trellis x1, trellis x2, haproxy x1, haproxy x2, haproxy x1 B (the control: haproxy x1
-/// again). Configs and logs go under `dir`.
+/// trellis x1, trellis x2, haproxy x1, haproxy x2, and the controls haproxy x1 B and
+/// haproxy x2 B (haproxy x1 and x2 again). Configs and logs go under `dir`.
 fn start_chains(
     args: &Args,
     trellis: &Path,
@@ -1078,6 +1084,33 @@ fn start_chains(
         )?;
         chains.push(Chain {
             name: "haproxy x1 B",
+            port,
+            h2_port: h2_of(port),
+            procs,
+        });
+    }
+    {
+        let mut procs = Processes::default();
+        let server = free_port()?;
+        start_haproxy(
+            &args.haproxy,
+            dir,
+            "haproxy2-b-server",
+            server,
+            nginx_port,
+            &mut procs,
+        )?;
+        let port = free_port()?;
+        start_haproxy(
+            &args.haproxy,
+            dir,
+            "haproxy2-b-client",
+            port,
+            server,
+            &mut procs,
+        )?;
+        chains.push(Chain {
+            name: "haproxy x2 B",
             port,
             h2_port: h2_of(port),
             procs,
@@ -1466,12 +1499,12 @@ mod tests {
     fn every_chain_takes_every_place_in_its_group_equally_often() {
         let rounds = 6;
         let orders: Vec<Vec<usize>> = (0..rounds).map(|r| round_order(r, &GROUPS)).collect();
-        assert_eq!(orders[0], vec![0, 1, 3, 5, 2, 4]);
-        assert_eq!(orders[1], vec![0, 5, 3, 1, 4, 2]);
+        assert_eq!(orders[0], vec![0, 1, 3, 5, 2, 4, 6]);
+        assert_eq!(orders[1], vec![0, 5, 3, 1, 6, 4, 2]);
         for o in &orders {
             let mut chains = o.clone();
             chains.sort_unstable();
-            assert_eq!(chains, vec![0, 1, 2, 3, 4, 5], "round order {o:?}");
+            assert_eq!(chains, (0..7).collect::<Vec<_>>(), "round order {o:?}");
             assert_eq!(o[0], 0, "direct first: {o:?}");
         }
         for group in GROUPS {
