@@ -680,7 +680,8 @@ const GROUPS: [&[usize]; 2] = [&[1, 3, 5], &[2, 4, 6]];
 /// of the latencies added, then each group. Within a group the chains move one place on
 /// every two rounds and run in reverse in odd rounds, so over two rounds every chain goes
 /// before each other one of its group once, and over twice as many rounds as the group has
-/// chains it takes every place equally often. The groups swap places the same way.
+/// chains it takes every place equally often. The groups too move one place on every two
+/// rounds.
 fn round_order(round: usize, groups: &[&[usize]]) -> Vec<usize> {
     let arrange = |items: &mut Vec<usize>| {
         if !items.is_empty() {
@@ -1437,8 +1438,8 @@ fn print_tables(args: &Args, results: &[ChainResult]) {
 
 /// The goals, judged pair by pair on what was measured in the same stretch of each round:
 /// throughput at least HAProxy's (the median of the rounds' ratios at least 100 %) and added
-/// p99 no worse (the median of the rounds' differences at most zero). The control pair gets
-/// no verdict: its rows are how far apart two identical proxies read in the same run.
+/// p99 no worse (the median of the rounds' differences at most zero). A control pair gets
+/// no verdict: its rows are how far apart two identical chains read in the same run.
 fn print_pairs(args: &Args, pairs: &[PairResult]) {
     println!(
         "\n### Trellis against HAProxy round by round ({} rounds; the chains with as many hops measured one after another, each first equally often)\n",
