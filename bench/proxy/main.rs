@@ -1034,90 +1034,46 @@ fn start_chains(
             procs,
         });
     }
-    {
-        let mut procs = Processes::default();
-        let port = free_port()?;
-        start_haproxy(&args.haproxy, dir, "haproxy1", port, nginx_port, &mut procs)?;
-        chains.push(Chain {
-            name: "haproxy x1",
-            port,
-            h2_port: h2_of(port),
-            procs,
-        });
-    }
-    {
-        let mut procs = Processes::default();
-        let server = free_port()?;
-        start_haproxy(
-            &args.haproxy,
-            dir,
-            "haproxy2-server",
-            server,
-            nginx_port,
-            &mut procs,
-        )?;
-        let port = free_port()?;
-        start_haproxy(
-            &args.haproxy,
-            dir,
-            "haproxy2-client",
-            port,
-            server,
-            &mut procs,
-        )?;
-        chains.push(Chain {
-            name: "haproxy x2",
-            port,
-            h2_port: h2_of(port),
-            procs,
-        });
-    }
-    {
-        let mut procs = Processes::default();
-        let port = free_port()?;
-        start_haproxy(
-            &args.haproxy,
-            dir,
-            "haproxy1-b",
-            port,
-            nginx_port,
-            &mut procs,
-        )?;
-        chains.push(Chain {
-            name: "haproxy x1 B",
-            port,
-            h2_port: h2_of(port),
-            procs,
-        });
-    }
-    {
-        let mut procs = Processes::default();
-        let server = free_port()?;
-        start_haproxy(
-            &args.haproxy,
-            dir,
-            "haproxy2-b-server",
-            server,
-            nginx_port,
-            &mut procs,
-        )?;
-        let port = free_port()?;
-        start_haproxy(
-            &args.haproxy,
-            dir,
-            "haproxy2-b-client",
-            port,
-            server,
-            &mut procs,
-        )?;
-        chains.push(Chain {
-            name: "haproxy x2 B",
-            port,
-            h2_port: h2_of(port),
-            procs,
-        });
+    for (name, file, hops) in [
+        ("haproxy x1", "haproxy1", 1),
+        ("haproxy x2", "haproxy2", 2),
+        ("haproxy x1 B", "haproxy1-b", 1),
+        ("haproxy x2 B", "haproxy2-b", 2),
+    ] {
+        chains.push(haproxy_chain(args, dir, name, file, hops, nginx_port, h2)?);
     }
     Ok(chains)
+}
+
+/// `hops` HAProxy processes in a row in front of nginx (1 or 2), their configs and logs named
+/// after `file` (`-server` and `-client` with two).
+fn haproxy_chain(
+    args: &Args,
+    dir: &Path,
+    name: &'static str,
+    file: &str,
+    hops: usize,
+    nginx_port: u16,
+    h2: bool,
+) -> anyhow::Result<Chain> {
+    let mut procs = Processes::default();
+    let mut to = nginx_port;
+    let mut client = file.to_string();
+    if hops == 2 {
+        let server = free_port()?;
+        let server_file = format!("{file}-server");
+        start_haproxy(&args.haproxy, dir, &server_file, server, to, &mut procs)?;
+        to = server;
+        client = format!("{file}-client");
+    }
+    let port = free_port()?;
+    start_haproxy(&args.haproxy, dir, &client, port, to, &mut procs)?;
+    Ok(Chain {
+        name,
+        port,
+        h2_port: h2.then_some(port),
+        procs,
+    })
 }
 
 /// Whether `bin --version` runs; if not, says which Debian package has it and what is skipped.
